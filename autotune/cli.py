@@ -1,0 +1,216 @@
+"""Command line: ``python -m autotune {run,list,show,export}``. One function per subcommand; defaults come from
+:mod:`autotune.defaults` only. User errors print one line on stderr and exit with code 2 (no traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from autotune import defaults
+from autotune.errors import ConfigError, UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error on one line."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        self.exit(2, f"autotune: error: {message} (see --help)\n")
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _parse_enqueue(texts: Sequence[str]) -> tuple[dict, ...]:
+    configs = []
+    for text in texts:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--enqueue is not valid JSON ({exc.msg} at column {exc.colno}): {text!r}") from exc
+        for config in value if isinstance(value, list) else [value]:
+            if not isinstance(config, dict):
+                raise ConfigError(f"--enqueue wants a JSON object (or a list of them), got {text!r}")
+            configs.append(config)
+    return tuple(configs)
+
+
+def _parse_gpus(text: str | None, available: int) -> tuple[int, ...]:
+    if text is None:
+        return tuple(range(available))
+    try:
+        gpus = tuple(int(part) for part in text.split(","))
+    except ValueError as exc:
+        raise UserError(f"--gpus wants comma-separated device indices, got {text!r}") from exc
+    bad = [g for g in gpus if not 0 <= g < available]
+    if bad:
+        raise UserError(f"--gpus {text}: no such device {bad} ({available} visible)")
+    return gpus
+
+
+def cmd_run(*, kernel: str, preset: str | None, shapes: str | None, variants: str | None, trials: int | None,
+            timeout: float | None, storage: str, sampler: str, seed: int, enqueue: Sequence[str], table: str,
+            no_export: bool, gpus: str | None, trial_timeout: float, finalists: int, dtype: str | None) -> int:
+    """Tune a kernel over a preset's shapes; export the winners."""
+    from autotune import presets, registry
+    from autotune.run import RunRequest, run, summarize
+    from autotune.tuner import TuneSettings
+
+    spec = registry.get(kernel)
+    gpu_count = _gpu_count()
+    interpreter = gpu_count == 0
+    if interpreter:
+        print(f"autotune: no CUDA GPU found: running under the Triton interpreter (CPU) with the "
+              f"{defaults.CPU_PRESET!r} preset; results are keyed to the interpreter and never served to a GPU",
+              file=sys.stderr, flush=True)
+        preset = defaults.CPU_PRESET if preset is None or preset != defaults.CPU_PRESET else preset
+    loaded = presets.load(preset or defaults.GPU_PRESET)
+    if kernel not in loaded.kernels:
+        raise UserError(f"preset {loaded.name!r} has no [{kernel}] table")
+    kernel_preset = loaded.kernels[kernel]
+    if shapes:
+        kernel_preset = presets.with_shapes(kernel_preset, presets.parse_shapes(shapes))
+    chosen_variants = tuple(variants.split(",")) if variants else kernel_preset.variants
+    for variant in chosen_variants:
+        spec.check_variant(variant)
+    n_trials = trials if trials is not None else kernel_preset.trials
+    if n_trials < 1:
+        raise UserError("--trials must be at least 1")
+    settings = TuneSettings(
+        n_trials=n_trials, timeout_s=timeout if timeout is not None else kernel_preset.timeout_s,
+        trial_timeout_s=trial_timeout, dtype=dtype or (defaults.CPU_DTYPE if interpreter else defaults.GPU_DTYPE),
+        rep_ms=defaults.REP_MS, finalists=finalists, final_rep_ms=defaults.FINAL_REP_MS,
+        final_rounds=defaults.FINAL_ROUNDS, seed=seed)
+    request = RunRequest(kernel=kernel, kernel_preset=kernel_preset, variants=chosen_variants, storage_url=storage,
+                         sampler=sampler, enqueue=_parse_enqueue(enqueue), table=None if no_export else Path(table),
+                         gpus=_parse_gpus(gpus, gpu_count) if not interpreter else (), interpreter=interpreter,
+                         settings=settings)
+    reports = run(request)
+    print(summarize(reports))
+    return 0
+
+
+def cmd_list(*, storage: str) -> int:
+    """Print the registered kernels, their search spaces, the presets and the studies in the storage."""
+    import pandas as pd
+
+    from autotune import device, presets, report
+    from autotune.storage import open_storage
+
+    with pd.option_context("display.width", 200, "display.max_colwidth", 120):
+        print("kernels:")
+        print(report.kernels_frame(device.INTERPRETER if _gpu_count() == 0 else device.detect(0)).to_string(index=False))
+        print(f"\npresets: {', '.join(presets.available())}")
+        studies = report.studies_frame(open_storage(storage))
+        print(f"\nstudies in {storage}:")
+        print(studies.to_string(index=False) if not studies.empty else "(none)")
+    return 0
+
+
+def cmd_show(*, kernel: str, storage: str, device: str | None) -> int:
+    """Print the best config per shape with its speedup over the default and its fraction of the device peak."""
+    import pandas as pd
+
+    from autotune import registry, report
+    from autotune.storage import open_storage
+
+    registry.get(kernel)
+    frame = report.show_frame(open_storage(storage), kernel, device)
+    if frame.empty:
+        print(f"no tuned studies of {kernel} in {storage}" + (f" for device {device}" if device else ""))
+        return 0
+    with pd.option_context("display.width", 250, "display.max_colwidth", 200, "display.max_rows", 500):
+        print(frame.to_string(index=False))
+    return 0
+
+
+def cmd_export(*, kernel: str | None, storage: str, table: str, device: str | None) -> int:
+    """Merge the best configs of the storage's studies into the table file."""
+    from autotune import registry
+    from autotune.export import export
+    from autotune.storage import open_storage
+
+    if kernel:
+        registry.get(kernel)
+    merges = export(open_storage(storage), Path(table), kernel=kernel, device_key=device)
+    if not merges:
+        print(f"nothing to export from {storage}")
+    for device_key, merge in merges.items():
+        print(f"{table} [{device_key}]: {len(merge.added)} added, {len(merge.replaced)} replaced, "
+              f"{len(merge.kept)} kept")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and --help)."""
+    from autotune.storage import SAMPLERS
+
+    parser = _Parser(prog="python -m autotune", description="Optuna autotuner for gpt-oss Triton kernels.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def storage_arg(p):
+        p.add_argument("--storage", default=defaults.STORAGE, help="Optuna storage URL, or journal:PATH "
+                       "(default: %(default)s)")
+
+    run = sub.add_parser("run", help="tune a kernel over a preset's shapes, then export the table")
+    run.add_argument("kernel", help="registered kernel, e.g. moe_gemm")
+    run.add_argument("--preset", help=f"preset name in studies/presets or a TOML path (default: "
+                     f"{defaults.GPU_PRESET}; {defaults.CPU_PRESET} without a GPU)")
+    run.add_argument("--shapes", help='override shape values, e.g. "M=1,16,256"')
+    run.add_argument("--variants", help="comma-separated subset of the preset's variants")
+    run.add_argument("--trials", type=int, help="measured trials per study (default: the preset's)")
+    run.add_argument("--timeout", type=float, help="seconds per study for new trials (default: the preset's)")
+    storage_arg(run)
+    run.add_argument("--sampler", default=defaults.SAMPLER, choices=SAMPLERS, help="Optuna sampler (default: tpe)")
+    run.add_argument("--seed", type=int, default=defaults.SEED, help="sampler seed (default: %(default)s)")
+    run.add_argument("--enqueue", action="append", default=[], metavar="JSON",
+                     help="config(s) to try first, JSON object or list; missing keys take the default's values")
+    run.add_argument("--table", default=str(defaults.TABLE), help="table file to export to (default: %(default)s)")
+    run.add_argument("--no-export", action="store_true", help="do not export at the end")
+    run.add_argument("--gpus", help="comma-separated CUDA device indices, one worker each (default: all)")
+    run.add_argument("--trial-timeout", type=float, default=defaults.TRIAL_TIMEOUT_S,
+                     help="seconds for one compile + check + time before the worker is killed (default: %(default)s)")
+    run.add_argument("--finalists", type=int, default=defaults.FINALISTS,
+                     help="best configs re-timed with the default before export, 0 to skip (default: %(default)s)")
+    run.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                     help=f"activation dtype (default: {defaults.GPU_DTYPE} on GPUs, {defaults.CPU_DTYPE} on CPU)")
+
+    lst = sub.add_parser("list", help="registered kernels, their search spaces, presets and stored studies")
+    storage_arg(lst)
+
+    show = sub.add_parser("show", help="best config per shape, speedup over default, fraction of peak")
+    show.add_argument("kernel")
+    storage_arg(show)
+    show.add_argument("--device", help="only this device key")
+
+    exp = sub.add_parser("export", help="merge the best configs into the lookup table")
+    exp.add_argument("kernel", nargs="?", help="only this kernel")
+    storage_arg(exp)
+    exp.add_argument("--table", default=str(defaults.TABLE), help="table file (default: %(default)s)")
+    exp.add_argument("--device", help="only this device key")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "export": cmd_export}
+    try:
+        return handlers[command](**args)
+    except UserError as exc:
+        print(f"autotune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("autotune: interrupted; completed trials are saved, rerun the same command to continue",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,40 @@
+"""Every default of the command line and the runtime, in one place.
+
+Paths are relative to the project root (the folder holding ``autotune/``, ``studies/``...), so the tool behaves the
+same from any working directory of an editable install.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STUDIES_DIR = PROJECT_ROOT / "studies"
+PRESETS_DIR = STUDIES_DIR / "presets"
+
+STORAGE = f"sqlite:///{STUDIES_DIR / 'autotune.db'}"
+"""Optuna storage URL of studies."""
+
+TABLE = STUDIES_DIR / "tables" / "configs.json"
+"""The lookup table: one file, one section per device."""
+
+GPU_PRESET = "gpt_oss_20b"
+CPU_PRESET = "tiny_cpu"
+"""Preset used when none is named; without a GPU, ``run`` always uses the CPU preset."""
+
+SAMPLER = "tpe"
+SEED = 0
+TRIAL_TIMEOUT_S = 180.0
+"""Compile + check + time of one config; a hang past it kills the worker."""
+
+GPU_DTYPE = "bfloat16"
+CPU_DTYPE = "float16"
+"""Activation dtypes: bf16 on GPUs; fp16 under the interpreter, whose bf16 dot is wrong (triton#11584)."""
+
+REP_MS = 40.0
+"""Timed milliseconds per trial (do_bench* ``rep``)."""
+
+FINALISTS = 3
+FINAL_REP_MS = 150.0
+FINAL_ROUNDS = 2
+"""The best configs (plus the default) re-timed FINAL_ROUNDS times, interleaved, FINAL_REP_MS each."""

@@ -1,0 +1,182 @@
+"""Evaluation of one config, run inside a worker process: compile, check against the reference, time.
+
+Correctness comes first and uses fresh random inputs every time (a new seed per trial), an output pre-filled with
+NaN (so unwritten elements show), the fp32 reference and the kernel's per-dtype tolerance; NaN/Inf fail. Timing
+then uses rotating input sets cached per shape (:mod:`autotune.timing`). The result is a plain dict in physical
+units that the study stores as trial user attributes.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any
+
+from autotune.outcomes import Kind, classify
+
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def _dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {name!r} (expected one of {DTYPES})")
+    return getattr(torch, name)
+
+
+def row_relative_error(out, ref) -> float:
+    """Largest row-wise relative error ``max_r ‖out_r − ref_r‖₂ / ‖ref_r‖₂`` (inf if a row of ref is 0 but out is
+    not). Rows are the last dimension's vectors: one token or one routed row."""
+    import torch
+
+    diff = (out.float() - ref).reshape(-1, ref.shape[-1]).norm(dim=-1)
+    scale = ref.reshape(-1, ref.shape[-1]).norm(dim=-1)
+    rel = torch.where(scale > 0, diff / scale.clamp_min(torch.finfo(torch.float32).tiny),
+                      torch.where(diff > 0, torch.inf, 0.0))
+    return float(rel.max()) if rel.numel() else 0.0
+
+
+class Evaluator:
+    """Compiles, checks and times configs of registered kernels on one device; caches timing inputs per shape.
+
+    Args:
+        device: a :class:`autotune.device.DeviceProfile` of the device this process runs on.
+        torch_device: "cuda" or "cpu".
+    """
+
+    def __init__(self, device, torch_device: str) -> None:
+        self.device = device
+        self.torch_device = torch_device
+        self._timing_key: tuple | None = None
+        self._timing_sets: list = []
+
+    def _timing_inputs(self, kernel, variant, shape, dtype, seed_base: int):
+        key = (kernel.NAME, variant, repr(shape), str(dtype))
+        if key != self._timing_key:
+            self._timing_sets = []  # free the previous shape's sets before allocating new ones
+            self._timing_key = None
+            self._timing_sets = kernel.make_timing_inputs(variant, shape, dtype=dtype, device=self.torch_device,
+                                                          seed=seed_base, cache_bytes=self.device.l2_bytes)
+            self._timing_key = key
+        return self._timing_sets
+
+    def evaluate(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate one config.
+
+        Args:
+            job: ``kernel, variant, shape (dict), config (dict), dtype (str), seed (int), rep_ms (float)``; optional
+                ``check`` (default True) and ``time`` (default True).
+
+        Returns:
+            ``kind`` (an :class:`autotune.outcomes.Kind` value), ``phase``, ``error`` and, as far as it got:
+            ``compile_s, shared_bytes, max_rel_err, tolerance, median_us, p20_us, p80_us, timing_method,
+            timing_sets, flops, bytes, tflops, gbps, peak_fraction, nvml``.
+        """
+        from autotune import registry
+
+        result: dict[str, Any] = {"kind": Kind.OK.value}
+        phase = "config"
+        try:
+            spec = registry.get(job["kernel"])
+            kernel = spec.kernel
+            variant = job["variant"]
+            shape = kernel.shape_from_dims(variant, job["shape"])
+            config = kernel.config_from_dict(job["config"])
+            dtype = _dtype(job["dtype"])
+            if job.get("check", True):
+                phase = "compile"
+                inputs = kernel.make_inputs(variant, shape, dtype=dtype, device=self.torch_device, seed=job["seed"])
+                out, plan = kernel.launches(variant, inputs, config)
+                result.update(self._compile(plan))
+                phase = "run"
+                out.fill_(float("nan"))
+                out, plan = kernel.launches(variant, inputs, config, out)  # re-plan: planning may zero-fill out
+                for launch in plan:
+                    launch.run()
+                self._synchronize()
+                phase = "check"
+                result.update(self._check(kernel, variant, inputs, out, dtype))
+                if result["kind"] != Kind.OK.value:
+                    return result
+            if job.get("time", True):
+                phase = "time"
+                result.update(self._time(kernel, variant, shape, config, dtype, job))
+        except Exception as exc:  # noqa: BLE001 - every failure of a candidate becomes a trial outcome
+            result["kind"] = classify(exc, phase).value
+            result["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            result["traceback"] = traceback.format_exc()[-4000:]
+        finally:
+            result["phase"] = phase
+        return result
+
+    def _synchronize(self) -> None:
+        if self.torch_device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def _compile(self, plan) -> dict[str, Any]:
+        """Compile every launch (GPU: into Triton's cache without running) and read the compiler's figures."""
+        start = time.perf_counter()
+        shared = 0
+        for launch in plan:
+            if self.torch_device != "cuda":
+                continue  # the interpreter compiles nothing
+            compiled = launch.run(compile_only=True)
+            shared = max(shared, int(getattr(getattr(compiled, "metadata", None), "shared", 0) or 0))
+        info: dict[str, Any] = {"compile_s": time.perf_counter() - start}
+        if shared:
+            info["shared_bytes"] = shared
+        return info
+
+    def _check(self, kernel, variant, inputs, out, dtype) -> dict[str, Any]:
+        import torch
+
+        tol = kernel.tolerance(variant, dtype)
+        info: dict[str, Any] = {"tolerance": tol.max_rel_err}
+        if not bool(torch.isfinite(out).all()):
+            bad = int((~torch.isfinite(out)).sum())
+            info.update(kind=Kind.NAN.value, error=f"{bad} of {out.numel()} output elements are NaN/Inf or unwritten")
+            return info
+        ref = kernel.reference(variant, inputs)
+        err = row_relative_error(out, ref)
+        info["max_rel_err"] = err
+        if not err <= tol.max_rel_err:
+            info.update(kind=Kind.WRONG_RESULT.value,
+                        error=f"max row relative error {err:.3e} > tolerance {tol.max_rel_err:.1e} ({tol.reason})")
+        return info
+
+    def _time(self, kernel, variant, shape, config, dtype, job) -> dict[str, Any]:
+        from autotune import nvml_readings
+        from autotune.timing import median_us
+
+        sets = self._timing_inputs(kernel, variant, shape, dtype, seed_base=job.get("timing_seed", 1234))
+        outs = [kernel.launches(variant, item, config)[0] for item in sets]
+
+        def call_for(item, out):
+            def call():
+                for launch in kernel.launches(variant, item, config, out)[1]:
+                    launch.run()
+            return call
+
+        timing = median_us([call_for(item, out) for item, out in zip(sets, outs)],
+                           on_gpu=self.torch_device == "cuda", rep_ms=job.get("rep_ms", 50.0))
+        cost = kernel.cost(variant, sets)
+        seconds = timing.median_us * 1e-6
+        info: dict[str, Any] = {
+            "median_us": timing.median_us, "p20_us": timing.p20_us, "p80_us": timing.p80_us,
+            "timing_method": timing.method, "timing_sets": timing.sets,
+            "flops": cost.flops, "bytes": cost.bytes,
+            "tflops": cost.flops / seconds / 1e12, "gbps": cost.bytes / seconds / 1e9,
+        }
+        fractions = []
+        if self.device.peak_gbps:
+            fractions.append(info["gbps"] / self.device.peak_gbps)
+        if self.device.peak_bf16_tflops:
+            fractions.append(info["tflops"] / self.device.peak_bf16_tflops)
+        if fractions:
+            info["peak_fraction"] = max(fractions)
+        if self.torch_device == "cuda":
+            info["nvml"] = nvml_readings.read(0)
+        return info

@@ -1,0 +1,83 @@
+"""From studies to the lookup table: the best config of every study as a :class:`autotune.table.TableEntry`.
+
+The best config is the fastest re-timed finalist when the study has finalists (re-checked on fresh inputs, timed
+interleaved with the default), else its best COMPLETE trial; the default's figure comes from the same source so the
+speedup compares like with like.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from autotune import study as study_mod
+from autotune.table import MergeReport, TableEntry, update_table
+
+
+def _load_studies(storage):
+    import optuna
+
+    for name in optuna.get_all_study_names(storage=storage):
+        study = optuna.load_study(study_name=name, storage=storage)
+        key = study_mod.key_of(study.user_attrs)
+        if key is not None:
+            yield key, study
+
+
+def best_entry(key, study) -> TableEntry | None:
+    """The table entry of one study, or None if it has no successful trial."""
+    from optuna.trial import TrialState
+
+    attrs = study.user_attrs
+    finalists = attrs.get("finalists") or []
+    if finalists:
+        best = finalists[0]
+        default = next((f for f in finalists if f["is_default"]), None)
+        fingerprint = attrs.get("finalists_fingerprint") or attrs.get("fingerprint") or {}
+        tuned_at = attrs.get("finalists_at")
+        config, median, trial_number = best["config"], best["median_us"], best["trial"]
+        metrics = {k: best.get(k) for k in ("tflops", "gbps", "peak_fraction", "max_rel_err") if best.get(k)}
+        default_us = default["median_us"] if default else None
+    else:
+        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        if not complete:
+            return None
+        trial = min(complete, key=lambda t: t.value)
+        default_trial = next((t for t in complete if t.user_attrs.get("source") == "default"), None)
+        fingerprint = attrs.get("fingerprint") or {}
+        tuned_at = (trial.datetime_complete or datetime.now()).astimezone(timezone.utc).isoformat(timespec="seconds")
+        config, median, trial_number = study_mod.config_of(trial), trial.value, trial.number
+        metrics = {k: trial.user_attrs[k] for k in ("tflops", "gbps", "peak_fraction", "max_rel_err")
+                   if k in trial.user_attrs}
+        default_us = default_trial.value if default_trial else None
+    metrics["dtype"] = attrs.get("dtype", "")
+    metrics["measured_trials"] = sum(1 for t in study.get_trials(deepcopy=False) if "median_us" in t.user_attrs)
+    return TableEntry(kernel=key.kernel, variant=key.variant, shape=key.shape_dict, config=config,
+                      median_us=float(median), default_median_us=default_us, fingerprint=fingerprint,
+                      study=key.name, trial=int(trial_number), tuned_at=tuned_at, metrics=metrics)
+
+
+def export(storage, table_path: Path, *, kernel: str | None = None,
+           device_key: str | None = None) -> dict[str, MergeReport]:
+    """Merge the best config of every matching study into the table file (atomically, under a lock).
+
+    Args:
+        storage: an Optuna storage.
+        table_path: the table file (created if missing; a corrupt or foreign file raises TableError untouched).
+        kernel: only this kernel's studies.
+        device_key: only this device's studies.
+
+    Returns:
+        The merge report per device key.
+    """
+    by_device: dict[str, list[TableEntry]] = {}
+    device_info: dict[str, dict[str, Any]] = {}
+    for key, study in _load_studies(storage):
+        if (kernel and key.kernel != kernel) or (device_key and key.device_key != device_key):
+            continue
+        entry = best_entry(key, study)
+        if entry is not None:
+            by_device.setdefault(key.device_key, []).append(entry)
+            device_info[key.device_key] = study.user_attrs.get("device", {})
+    return {dev: update_table(table_path, dev, device_info[dev], entries) for dev, entries in by_device.items()}

@@ -1,0 +1,110 @@
+"""Registry of tunable kernels: a name → the kernel module (in ``kernels/``) and its search space module (in
+``search_spaces/``).
+
+A kernel module provides the uniform interface the tuner drives (see ``kernels/moe_gemm/__init__.py``):
+``VARIANTS``, ``BUCKET_DIM``, ``SOURCE_FILES``, ``shape_from_dims``, ``model_shapes``, ``config_from_dict``,
+``make_inputs``, ``make_timing_inputs``, ``launches``, ``reference``, ``cost``, ``tolerance``. A search space module
+provides ``space(variant, shape, device) -> SearchSpace``. Extra kernels (tests register a synthetic one that injects
+faults) are added with :func:`register` from modules named in the ``AUTOTUNE_PLUGINS`` environment variable
+(comma-separated), which worker processes import too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from autotune.errors import UnknownKernelError
+from autotune.space import SearchSpace
+
+PLUGINS_ENV = "AUTOTUNE_PLUGINS"
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """A tunable kernel: where its code and its search space live."""
+
+    name: str
+    kernel_module: str
+    space_module: str
+
+    @property
+    def kernel(self) -> ModuleType:
+        """The kernel module (imported on first use)."""
+        return importlib.import_module(self.kernel_module)
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """Variant names (e.g. mlp1, mlp2)."""
+        return tuple(self.kernel.VARIANTS)
+
+    @property
+    def bucket_dim(self) -> str:
+        """The shape dimension that tables bucket on."""
+        return self.kernel.BUCKET_DIM
+
+    def space(self, variant: str, shape: Mapping[str, int], device) -> SearchSpace:
+        """The search space of one variant at one shape on one device."""
+        return importlib.import_module(self.space_module).space(variant, shape, device)
+
+    def default_config(self, variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
+        """The heuristic config (what a runtime uses without a table)."""
+        return dict(self.space(variant, shape, device).default)
+
+    def check_variant(self, variant: str) -> None:
+        """Raise :class:`UnknownKernelError` for a variant this kernel does not have."""
+        if variant not in self.variants:
+            raise UnknownKernelError(f"kernel {self.name!r} has no variant {variant!r} (variants: "
+                                     f"{', '.join(self.variants)})")
+
+    def source_hash(self) -> str:
+        """SHA-256 (first 16 hex digits) over the kernel's source files and its search space module."""
+        digest = hashlib.sha256()
+        space_file = Path(importlib.import_module(self.space_module).__file__)
+        for path in sorted({Path(p) for p in self.kernel.SOURCE_FILES} | {space_file}):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+        return digest.hexdigest()[:16]
+
+
+_REGISTRY: dict[str, KernelSpec] = {
+    "moe_gemm": KernelSpec("moe_gemm", "kernels.moe_gemm", "search_spaces.moe_gemm"),
+}
+_plugins_loaded: set[str] = set()
+
+
+def register(spec: KernelSpec) -> None:
+    """Add (or replace) a kernel."""
+    _REGISTRY[spec.name] = spec
+
+
+def load_plugins() -> None:
+    """Import the modules named in ``$AUTOTUNE_PLUGINS`` (each calls :func:`register`)."""
+    for name in filter(None, (part.strip() for part in os.environ.get(PLUGINS_ENV, "").split(","))):
+        if name not in _plugins_loaded:
+            importlib.import_module(name)
+            _plugins_loaded.add(name)
+
+
+def get(name: str) -> KernelSpec:
+    """The registered kernel ``name``.
+
+    Raises:
+        UnknownKernelError: naming the registered kernels.
+    """
+    load_plugins()
+    if name not in _REGISTRY:
+        raise UnknownKernelError(f"unknown kernel {name!r} (registered: {', '.join(sorted(_REGISTRY))})")
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    """Registered kernel names, sorted."""
+    load_plugins()
+    return sorted(_REGISTRY)

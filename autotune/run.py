@@ -1,0 +1,122 @@
+"""``autotune run``: tune every study of a preset, then export the winners to the table.
+
+Order of work: start the workers (they report the device) → for each (variant, shape) of the preset: open or resume
+its study, fail and re-queue interrupted trials, queue the default config (trial 0 of a new study) and the user's
+configs, run trials to the budget, re-time the finalists → export. A study already at its budget whose finalists were
+measured under the current fingerprint is skipped, so re-running a finished command costs seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autotune import fingerprint as fingerprint_mod
+from autotune import presets, registry
+from autotune import study as study_mod
+from autotune.export import export
+from autotune.pool import WorkerPool
+from autotune.progress import StudyProgress
+from autotune.storage import make_sampler, open_storage
+from autotune.tuner import StudyReport, TuneSettings, finalists_current, retime_finalists, run_trials, study_seed
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything ``autotune run`` was asked to do (built by the CLI from its flags and the preset)."""
+
+    kernel: str
+    kernel_preset: presets.KernelPreset
+    variants: tuple[str, ...]
+    storage_url: str
+    sampler: str
+    enqueue: tuple[dict[str, Any], ...]
+    table: Path | None
+    gpus: tuple[int, ...]
+    interpreter: bool
+    settings: TuneSettings
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def plan_studies(request: RunRequest) -> list[tuple[str, dict[str, int]]]:
+    """(variant, shape) of every study to run, in preset order."""
+    spec = registry.get(request.kernel)
+    return [(v, s) for v, s in presets.expand(request.kernel_preset, spec) if v in request.variants]
+
+
+def run(request: RunRequest) -> list[StudyReport]:
+    """Tune, then export (unless ``request.table`` is None).
+
+    Returns:
+        One :class:`StudyReport` per study.
+
+    Raises:
+        UserError: bad storage URL, invalid ``--enqueue`` config, corrupt table.
+    """
+    spec = registry.get(request.kernel)
+    plan = plan_studies(request)
+    storage = open_storage(request.storage_url)
+    source_hash = spec.source_hash()
+    reports = []
+    with WorkerPool(list(request.gpus), interpreter=request.interpreter) as pool:
+        device = pool.start()
+        fingerprint = fingerprint_mod.fingerprint(device, source_hash)
+        _log(f"device: {device.name} ({device.key}); {len(plan)} studies of {request.kernel}; "
+             f"storage {request.storage_url}")
+        for variant, shape in plan:
+            key = study_mod.StudyKey.of(request.kernel, variant, shape, device.key)
+            space = spec.space(variant, shape, device)
+            user_configs = [space.validate(config) for config in request.enqueue]
+            reports.append(_tune_one(key, space, user_configs, pool, device, fingerprint, storage, request))
+    if request.table is not None:
+        for device_key, merge in export(storage, request.table, kernel=request.kernel, device_key=device.key).items():
+            _log(f"table {request.table} [{device_key}]: {len(merge.added)} added, {len(merge.replaced)} replaced, "
+                 f"{len(merge.kept)} kept")
+    return reports
+
+
+def _tune_one(key, space, user_configs, pool, device, fingerprint, storage, request: RunRequest) -> StudyReport:
+    settings = request.settings
+    sampler = make_sampler(request.sampler, study_seed(settings.seed, key.name), settings.n_trials)
+    study = study_mod.create(storage, key, sampler, device_info=device.as_dict())
+    study.set_user_attr("dtype", settings.dtype)
+    study.set_user_attr("fingerprint", fingerprint)
+    report = StudyReport(name=key.name)
+    report.recovered = study_mod.recover_interrupted(study)
+    if report.recovered:
+        _log(f"{key.name}: re-queued {len(report.recovered)} trial(s) interrupted by a killed run "
+             f"{report.recovered}")
+    study_mod.enqueue(study, space, space.default, source="default")
+    for config in user_configs:
+        study_mod.enqueue(study, space, config, source="user")
+    progress = StudyProgress(study, key.name, settings.n_trials)
+    try:
+        run_trials(study, key, space, device, pool.workers, settings, report, on_trial=progress.update)
+        if settings.finalists and not finalists_current(study, fingerprint):
+            progress.note("re-timing finalists")
+            report.finalists = retime_finalists(study, key, pool.workers[0], settings, fingerprint)
+    finally:
+        progress.close()
+    finalists = study.user_attrs.get("finalists") or []
+    if finalists:
+        report.best_us = finalists[0]["median_us"]
+        report.default_us = next((f["median_us"] for f in finalists if f["is_default"]), None)
+    progress.summary(report)
+    return report
+
+
+def summarize(reports: Sequence[StudyReport]) -> str:
+    """One line: studies, measured/pruned/failed trials, geomean speedup over the default."""
+    import math
+
+    ratios = [r.default_us / r.best_us for r in reports if r.best_us and r.default_us]
+    geomean = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan")
+    return (f"{len(reports)} studies: {sum(r.measured for r in reports)} measured, "
+            f"{sum(r.pruned for r in reports)} pruned, {sum(r.failed for r in reports)} failed trials this run; "
+            f"tuned/default geomean speedup {geomean:.3f}x over {len(ratios)} studies")

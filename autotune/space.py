@@ -1,0 +1,143 @@
+"""Search spaces: typed parameters, constraints with reasons, a default; turning Optuna trials into configs.
+
+A kernel's search space lives in ``search_spaces/<kernel>.py`` as plain data and small functions; this module gives
+them one shape (:class:`SearchSpace`) and does the Optuna side. Parameters are categorical (block sizes are powers of
+two, so a categorical over the listed values is the natural distribution) and may be conditional: a parameter whose
+``when`` predicate is false for the values chosen so far is not suggested and takes its ``inactive`` value, so
+Optuna never spends trials on settings that do not apply (e.g. ``programs_per_sm`` of a non-persistent schedule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.errors import ConfigError
+
+Config = dict[str, Any]
+"""A config is a plain JSON-ready dict of parameter name → value."""
+
+Constraint = Callable[[Mapping[str, Any], Mapping[str, int], Any], "str | None"]
+"""``constraint(config, shape, device) -> reason or None``; ``device`` is a :class:`autotune.device.DeviceProfile`."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tunable.
+
+    Attributes:
+        name: config key (the kernel's field name).
+        choices: the values the sampler may pick, in a meaningful order.
+        when: predicate on the values chosen before this one; None means always active.
+        inactive: the value used when ``when`` is false.
+        doc: one line on what it changes.
+    """
+
+    name: str
+    choices: tuple
+    when: Callable[[Mapping[str, Any]], bool] | None = None
+    inactive: Any = None
+    doc: str = ""
+
+    def active(self, chosen: Mapping[str, Any]) -> bool:
+        """Whether this parameter applies given the earlier choices."""
+        return self.when is None or bool(self.when(chosen))
+
+
+def config_json(config: Mapping[str, Any]) -> str:
+    """Canonical JSON of a config (sorted keys, no spaces): equal configs give equal strings."""
+    return json.dumps(dict(config), sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Short stable hash of a config (first 12 hex digits of the SHA-256 of its canonical JSON)."""
+    return hashlib.sha256(config_json(config).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A kernel's tunables for one variant and shape.
+
+    Attributes:
+        params: the parameters in suggestion order (a ``when`` may only read earlier ones).
+        constraints: functions returning a reason when a config cannot work on a device.
+        default: the heuristic config for the shape and device.
+    """
+
+    params: tuple[Param, ...]
+    constraints: tuple[Constraint, ...]
+    default: Config
+
+    def suggest(self, trial) -> Config:
+        """Sample a config from an Optuna trial (active parameters only).
+
+        Args:
+            trial: an ``optuna.Trial``.
+
+        Returns:
+            The config, inactive parameters set to their ``inactive`` value.
+        """
+        config: Config = {}
+        for param in self.params:
+            if param.active(config):
+                config[param.name] = trial.suggest_categorical(param.name, list(param.choices))
+            else:
+                config[param.name] = param.inactive
+        return config
+
+    def optuna_params(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The subset of ``config`` that Optuna stores as trial params (the active parameters)."""
+        out: dict[str, Any] = {}
+        for param in self.params:
+            if param.active(config):
+                out[param.name] = config[param.name]
+        return out
+
+    def validate(self, config: Mapping[str, Any]) -> Config:
+        """Complete and check a user-supplied config (e.g. ``--enqueue``).
+
+        Missing parameters take the default's value; every active value must be one of the choices.
+
+        Returns:
+            The completed config.
+
+        Raises:
+            ConfigError: on unknown keys or values outside the choices.
+        """
+        names = {param.name for param in self.params}
+        unknown = sorted(set(config) - names)
+        if unknown:
+            raise ConfigError(f"unknown parameters {unknown}; known: {sorted(names)}")
+        full: Config = {}
+        for param in self.params:
+            if not param.active(full):
+                full[param.name] = param.inactive
+                continue
+            value = config.get(param.name, self.default[param.name])
+            if value not in param.choices:
+                raise ConfigError(f"{param.name}={value!r} is not one of {list(param.choices)}")
+            full[param.name] = value
+        return full
+
+    def check(self, config: Mapping[str, Any], shape: Mapping[str, int], device) -> str | None:
+        """First reason the config cannot run on ``device`` at ``shape``, or None if it is feasible."""
+        for constraint in self.constraints:
+            reason = constraint(config, shape, device)
+            if reason:
+                return reason
+        return None
+
+    def describe(self) -> list[str]:
+        """One line per parameter: name, choices, condition doc."""
+        return [f"{p.name}: {list(p.choices)}" + (f"  ({p.doc})" if p.doc else "") for p in self.params]
+
+
+def space_size(params: Sequence[Param]) -> int:
+    """Number of configs if every parameter were active (an upper bound on the space)."""
+    size = 1
+    for param in params:
+        size *= len(param.choices)
+    return size

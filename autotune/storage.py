@@ -1,0 +1,80 @@
+"""Optuna storages and samplers, chosen by URL and by name; the only module that opens either.
+
+The default storage is a SQLite file under ``studies/``: every ``tell`` is a committed transaction, so killing the
+tuner at any moment loses at most the trials in flight (they are failed and re-queued on the next run, see
+:func:`autotune.study.recover_interrupted`). Any URL Optuna accepts works (``postgresql://...``, ``mysql://...``),
+as does a JournalStorage file given as ``journal:PATH``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from autotune.errors import StorageError, UserError
+
+SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "nsga2", "bruteforce")
+
+
+def open_storage(url: str):
+    """Open an Optuna storage.
+
+    Args:
+        url: ``sqlite:///PATH``, another SQLAlchemy URL, or ``journal:PATH`` for Optuna's JournalStorage.
+
+    Returns:
+        An ``optuna.storages.BaseStorage``.
+
+    Raises:
+        StorageError: if the URL is malformed or the storage cannot be opened (one line, names the URL).
+    """
+    import optuna
+
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url[len("journal:"):])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        if "://" not in url:
+            raise ValueError("not a storage URL (expected e.g. sqlite:///studies/autotune.db or journal:PATH)")
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StorageError(f"cannot open storage {url!r}: {first_line}") from exc
+
+
+def make_sampler(name: str, seed: int, n_trials: int):
+    """An Optuna sampler by name, seeded.
+
+    ``tpe`` (default) is multivariate with grouping, so that conditional parameters are modelled jointly; its random
+    start-up phase is a third of the budget (at most Optuna's default 10). The others are Optuna's own classes with
+    their defaults (``gp`` needs scipy, ``cmaes`` needs the cmaes package).
+
+    Raises:
+        UserError: for an unknown name or a sampler whose optional dependency is missing.
+    """
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    samplers = optuna.samplers
+    if name == "tpe":
+        return samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                   n_startup_trials=max(1, min(10, n_trials // 3)))
+    factories = {
+        "random": lambda: samplers.RandomSampler(seed=seed),
+        "gp": lambda: samplers.GPSampler(seed=seed),
+        "cmaes": lambda: samplers.CmaEsSampler(seed=seed),
+        "qmc": lambda: samplers.QMCSampler(seed=seed),
+        "nsga2": lambda: samplers.NSGAIISampler(seed=seed),
+        "bruteforce": lambda: samplers.BruteForceSampler(seed=seed),
+    }
+    if name not in factories:
+        raise UserError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+    try:
+        return factories[name]()
+    except ImportError as exc:
+        raise UserError(f"sampler {name!r} needs a package that is not installed: {exc}") from exc

@@ -1,0 +1,215 @@
+"""One Optuna study per (kernel, variant, shape, device): names, creation, resume, and how trials are recorded.
+
+Study names read as ``moe_gemm.mlp1.M16_N5760_K2880_E32_top_k4.nvidia-h100-80gb-hbm3-sm90``. The study's user
+attributes hold the kernel, variant, shape, device and, after each run, the re-timed finalists; each trial's user
+attributes hold its full config (JSON), its outcome and its measurements (see :func:`record_result`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from autotune.outcomes import Kind, trial_state
+from autotune.space import Config, SearchSpace, config_hash, config_json
+
+HOST = socket.gethostname()
+NO_OWNER_GRACE = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class StudyKey:
+    """What a study tunes: a kernel variant at a shape on a device."""
+
+    kernel: str
+    variant: str
+    shape: tuple[tuple[str, int], ...]
+    device_key: str
+
+    @classmethod
+    def of(cls, kernel: str, variant: str, shape: Mapping[str, int], device_key: str) -> StudyKey:
+        """Build from a shape mapping (dimension order is kept)."""
+        return cls(kernel, variant, tuple((k, int(v)) for k, v in shape.items()), device_key)
+
+    @property
+    def shape_dict(self) -> dict[str, int]:
+        """The shape as a dict."""
+        return dict(self.shape)
+
+    @property
+    def name(self) -> str:
+        """``kernel.variant.M16_N5760_...device``."""
+        dims = "_".join(f"{k}{v}" for k, v in self.shape)
+        return f"{self.kernel}.{self.variant}.{dims}.{self.device_key}"
+
+
+def create(storage, key: StudyKey, sampler, *, device_info: dict[str, Any]):
+    """Create the study or load it if it exists (``direction="minimize"``: the objective is median µs).
+
+    Returns:
+        The ``optuna.Study``.
+    """
+    import optuna
+
+    study = optuna.create_study(storage=storage, study_name=key.name, sampler=sampler, direction="minimize",
+                                load_if_exists=True)
+    attrs = study.user_attrs
+    for name, value in (("kernel", key.kernel), ("variant", key.variant), ("shape", key.shape_dict),
+                        ("device_key", key.device_key), ("device", device_info)):
+        if attrs.get(name) != value:
+            study.set_user_attr(name, value)
+    return study
+
+
+def key_of(study_summary_attrs: Mapping[str, Any]) -> StudyKey | None:
+    """The :class:`StudyKey` stored in a study's user attributes, or None for a study this tool did not create."""
+    try:
+        return StudyKey.of(study_summary_attrs["kernel"], study_summary_attrs["variant"],
+                           study_summary_attrs["shape"], study_summary_attrs["device_key"])
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _set_attr(study, trial, key: str, value: Any) -> None:
+    study._storage.set_trial_user_attr(trial._trial_id, key, value)  # noqa: SLF001 - Optuna has no public setter
+
+
+def recover_interrupted(study) -> list[int]:
+    """Fail the RUNNING trials whose process is gone, and queue their configs again.
+
+    A trial is interrupted when it was asked on this host by a process that no longer runs, or when it has no owner
+    recorded and started more than a minute ago. Trials of live processes or of other hosts are left alone (another
+    tuner may be working on the same storage).
+
+    Returns:
+        The numbers of the trials failed.
+    """
+    from optuna.trial import TrialState
+
+    now = datetime.now()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid")
+        if host is None or pid is None:
+            started = trial.datetime_start or now
+            orphan = now - started > NO_OWNER_GRACE
+        else:
+            orphan = host == HOST and not _pid_alive(int(pid))
+        if not orphan:
+            continue
+        _set_attr(study, trial, "kind", "interrupted")
+        _set_attr(study, trial, "error", "the tuner process was killed while this trial ran; its config was re-queued")
+        study.tell(trial.number, state=TrialState.FAIL)
+        failed.append(trial.number)
+        if "config" in trial.user_attrs:
+            study.enqueue_trial(trial.params, user_attrs={"source": "requeued", "requeued_from": trial.number})
+    return failed
+
+
+def known_config_hashes(study) -> set[str]:
+    """Config hashes of every trial already asked (running or finished) in the study."""
+    return {trial.user_attrs["config_hash"] for trial in study.get_trials(deepcopy=False)
+            if "config_hash" in trial.user_attrs}
+
+
+def _queued_hashes(study, space: SearchSpace) -> set[str]:
+    from optuna.trial import TrialState
+
+    hashes = set()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        fixed = trial.system_attrs.get("fixed_params", {})
+        try:
+            hashes.add(config_hash(space.validate(fixed)))
+        except Exception:  # noqa: BLE001 - a queued config from an older space; it will be judged when asked
+            continue
+    return hashes
+
+
+def enqueue(study, space: SearchSpace, config: Config, source: str) -> bool:
+    """Queue a (validated) config unless an identical one was already run or queued.
+
+    Returns:
+        True if it was queued.
+    """
+    digest = config_hash(config)
+    if digest in known_config_hashes(study) | _queued_hashes(study, space):
+        return False
+    study.enqueue_trial(space.optuna_params(config), user_attrs={"source": source})
+    return True
+
+
+def claim(trial, config: Config) -> None:
+    """Record the owner and the config on a freshly asked trial (first thing after ``ask``)."""
+    trial.set_user_attr("host", HOST)
+    trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("config", config_json(config))
+    trial.set_user_attr("config_hash", config_hash(config))
+    trial.set_user_attr("source", trial.user_attrs.get("source", "sampler"))
+
+
+_RESULT_ATTRS = ("kind", "phase", "error", "compile_s", "shared_bytes", "max_rel_err", "tolerance", "median_us",
+                 "p20_us", "p80_us", "timing_method", "timing_sets", "tflops", "gbps", "peak_fraction", "flops",
+                 "bytes")
+
+
+def record_result(study, trial, result: Mapping[str, Any]):
+    """Store a worker result on the trial and finish it with the state its outcome maps to.
+
+    Returns:
+        The finished ``FrozenTrial``.
+    """
+    for name in _RESULT_ATTRS:
+        if name in result and result[name] is not None:
+            trial.set_user_attr(name, result[name])
+    for name, value in (result.get("nvml") or {}).items():
+        trial.set_user_attr(name, value)
+    kind = Kind(result["kind"])
+    if kind is Kind.OK:
+        return study.tell(trial, result["median_us"])
+    return study.tell(trial, state=trial_state(kind))
+
+
+def record_pruned(study, trial, reason: str):
+    """Finish a trial that a constraint rejected before any compile."""
+    trial.set_user_attr("kind", Kind.PRUNED.value)
+    trial.set_user_attr("pruned_reason", reason)
+    return study.tell(trial, state=trial_state(Kind.PRUNED))
+
+
+def record_duplicate(study, trial, original) -> Any:
+    """Finish a trial whose config was already measured: same value, no second measurement."""
+    trial.set_user_attr("kind", Kind.OK.value)
+    trial.set_user_attr("duplicate_of", original.number)
+    for name in ("median_us", "tflops", "gbps", "peak_fraction", "max_rel_err"):
+        if name in original.user_attrs:
+            trial.set_user_attr(name, original.user_attrs[name])
+    return study.tell(trial, original.value)
+
+
+def set_finalists(study, finalists: list[dict[str, Any]], fingerprint: dict[str, Any], *, after_trial: int) -> None:
+    """Store the re-timed finalists (best first), the fingerprint they were measured under, when, and the number of
+    the last measured trial they account for."""
+    study.set_user_attr("finalists", finalists)
+    study.set_user_attr("finalists_fingerprint", fingerprint)
+    study.set_user_attr("finalists_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    study.set_user_attr("finalists_after_trial", after_trial)
+
+
+def config_of(trial) -> Config:
+    """The full config of a trial (from its ``config`` user attribute)."""
+    return json.loads(trial.user_attrs["config"])

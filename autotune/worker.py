@@ -1,0 +1,162 @@
+"""GPU worker processes: each evaluates configs in its own spawned process, so that a crash, a sticky CUDA error
+(an illegal memory access poisons the whole CUDA context: pytorch#95542, triton#6224) or a hang costs one trial and a
+restart, never the study.
+
+The parent talks to a worker over a pipe: one job dict in, one result dict out. :meth:`Worker.evaluate` waits at
+most the trial timeout; on silence it kills the process (a hung kernel cannot be interrupted otherwise) and reports
+``timeout``; if the process exits it reports ``worker_died`` with the exit code. After any sticky outcome
+(:data:`autotune.outcomes.STICKY`) the worker is restarted before its next job.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from typing import Any
+
+from autotune.outcomes import STICKY, Kind
+
+
+def _worker_main(conn, env: dict[str, str]) -> None:
+    """Entry point of the spawned process: set the environment, report the device, serve jobs."""
+    os.environ.update(env)
+    from autotune import device as device_mod
+    from autotune import registry
+    from autotune.evaluate import Evaluator
+
+    registry.load_plugins()
+    interpreter = os.environ.get("TRITON_INTERPRET") == "1"
+    profile = device_mod.INTERPRETER if interpreter else device_mod.detect(0)
+    evaluator = Evaluator(profile, "cpu" if interpreter else "cuda")
+    conn.send({"ready": True, "pid": os.getpid(), "device": profile})
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        result = evaluator.evaluate(job)
+        conn.send(result)
+        if result["kind"] == Kind.CUDA_ERROR.value:
+            os._exit(3)  # the CUDA context is unusable; the parent starts a fresh process
+
+
+class WorkerStartError(RuntimeError):
+    """A worker process did not come up (import error, no device)."""
+
+
+class Worker:
+    """One evaluation process bound to one GPU (or to the Triton interpreter).
+
+    Args:
+        gpu: CUDA device index for ``CUDA_VISIBLE_DEVICES``; None with ``interpreter``.
+        interpreter: run kernels under ``TRITON_INTERPRET=1`` on the CPU.
+        start_timeout_s: seconds to wait for the process to import torch/triton and report ready.
+    """
+
+    def __init__(self, gpu: int | None, *, interpreter: bool, start_timeout_s: float = 180.0) -> None:
+        self.gpu = gpu
+        self.interpreter = interpreter
+        self.start_timeout_s = start_timeout_s
+        self.device = None
+        self.pid: int | None = None
+        self.restarts = 0
+        self._process = None
+        self._conn = None
+
+    def _env(self) -> dict[str, str]:
+        env = {"TRITON_INTERPRET": "1"} if self.interpreter else {"TRITON_INTERPRET": "0"}
+        if self.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(self.gpu)
+        return env
+
+    def start(self) -> None:
+        """Spawn the process and wait for its ready message (sets :attr:`device`).
+
+        Raises:
+            WorkerStartError: if it dies or stays silent past ``start_timeout_s``.
+        """
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._process = ctx.Process(target=_worker_main, args=(child, self._env()), daemon=True)
+        self._process.start()
+        child.close()
+        self._conn = parent
+        if not parent.poll(self.start_timeout_s):
+            self.stop()
+            raise WorkerStartError(f"worker for {self._label()} did not start within {self.start_timeout_s:.0f} s")
+        try:
+            hello = parent.recv()
+        except EOFError as exc:
+            code = self._process.exitcode
+            self.stop()
+            raise WorkerStartError(f"worker for {self._label()} exited during start-up (code {code})") from exc
+        self.device = hello["device"]
+        self.pid = hello["pid"]
+
+    def _label(self) -> str:
+        return "the Triton interpreter" if self.interpreter else f"GPU {self.gpu}"
+
+    def alive(self) -> bool:
+        """Whether the process is running."""
+        return self._process is not None and self._process.is_alive()
+
+    def stop(self) -> None:
+        """Ask the process to exit, then kill it if it does not."""
+        if self._process is None:
+            return
+        try:
+            if self._process.is_alive() and self._conn is not None:
+                self._conn.send(None)
+                self._process.join(2.0)
+        except (BrokenPipeError, OSError):
+            pass
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join(5.0)
+        if self._conn is not None:
+            self._conn.close()
+        self._process = self._conn = None
+
+    def restart(self) -> None:
+        """Kill and start again."""
+        self.stop()
+        self.restarts += 1
+        self.start()
+
+    def evaluate(self, job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Run one job, surviving whatever the job does to the process.
+
+        Args:
+            job: see :meth:`autotune.evaluate.Evaluator.evaluate`.
+            timeout_s: wall-clock limit for compile + check + time.
+
+        Returns:
+            The worker's result dict, or ``{"kind": "timeout" | "worker_died", "error": ...}``.
+        """
+        if not self.alive():
+            self.restart()
+        start = time.monotonic()
+        try:
+            self._conn.send(job)
+            ready = self._conn.poll(timeout_s)
+        except (BrokenPipeError, OSError):
+            ready = True  # the process is gone; recv below reports it
+        if not ready:
+            self._process.kill()
+            self.restart()
+            return {"kind": Kind.TIMEOUT.value, "phase": "unknown",
+                    "error": f"no result within the trial timeout of {timeout_s:.0f} s: worker killed"}
+        try:
+            result = self._conn.recv()
+        except (EOFError, OSError):
+            self._process.join(5.0)
+            code = self._process.exitcode if self._process is not None else None
+            self.restart()
+            return {"kind": Kind.WORKER_DIED.value, "phase": "unknown",
+                    "error": f"worker process exited with code {code} after {time.monotonic() - start:.1f} s"}
+        if Kind(result["kind"]) in STICKY:
+            self.restart()
+        return result

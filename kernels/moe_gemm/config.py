@@ -1,0 +1,142 @@
+"""Shapes and launch configs of the MXFP4 MoE GEMM."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+VARIANTS = ("mlp1", "mlp2")
+"""mlp1: hidden → 2·intermediate with SwiGLU (gate/linear interleaved); mlp2: intermediate → hidden, gate-weighted
+sum over the top-k."""
+
+SCHEDULES = ("grid", "persistent")
+DEQUANT_PATHS = ("dot_scaled", "upcast")
+
+
+def _is_pow2(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+@dataclass(frozen=True)
+class MoeShape:
+    """Problem size of one MoE GEMM call.
+
+    Attributes:
+        M: tokens T in the batch (decode: 1..16, prefill: up to 8192).
+        N: output features of the GEMM (mlp1: 2·intermediate = 5760 in gpt-oss; mlp2: hidden = 2880).
+        K: input features (mlp1: hidden; mlp2: intermediate); a multiple of 32 (MXFP4 group).
+        E: experts (32 in gpt-oss-20b, 128 in 120b).
+        top_k: experts per token (4 in gpt-oss).
+    """
+
+    M: int
+    N: int
+    K: int
+    E: int
+    top_k: int
+
+    def __post_init__(self) -> None:
+        if self.M < 0 or min(self.N, self.K, self.E, self.top_k) < 1:
+            raise ValueError(f"invalid MoE shape {self}")
+        if self.K % 32:
+            raise ValueError(f"K={self.K} is not a multiple of the MXFP4 group size 32")
+        if self.top_k > self.E:
+            raise ValueError(f"top_k={self.top_k} exceeds E={self.E}")
+
+    @property
+    def rows(self) -> int:
+        """R = M · top_k routed rows."""
+        return self.M * self.top_k
+
+    @classmethod
+    def for_variant(cls, variant: str, *, M: int, hidden: int, intermediate: int, E: int, top_k: int) -> MoeShape:
+        """The GEMM shape of one MLP call of a gpt-oss model.
+
+        Args:
+            variant: "mlp1" or "mlp2".
+            M: tokens.
+            hidden: model width (2880 in gpt-oss).
+            intermediate: expert width (2880 in gpt-oss).
+            E: experts.
+            top_k: experts per token.
+
+        Raises:
+            ValueError: for an unknown variant.
+        """
+        if variant == "mlp1":
+            return cls(M=M, N=2 * intermediate, K=hidden, E=E, top_k=top_k)
+        if variant == "mlp2":
+            return cls(M=M, N=hidden, K=intermediate, E=E, top_k=top_k)
+        raise ValueError(f"unknown moe_gemm variant {variant!r} (expected one of {VARIANTS})")
+
+    def as_dict(self) -> dict[str, int]:
+        """``{"M": .., "N": .., "K": .., "E": .., "top_k": ..}``."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MoeGemmConfig:
+    """Launch config of :func:`kernels.moe_gemm.moe_mlp1` / :func:`kernels.moe_gemm.moe_mlp2`.
+
+    Attributes:
+        BLOCK_M: routed rows per tile (power of two ≥ 16, the smallest tl.dot M).
+        BLOCK_N: output features per tile (power of two ≥ 16).
+        BLOCK_K: reduction step (power of two, multiple of the MXFP4 group 32).
+        GROUP_M: row blocks that sweep the N blocks together (L2 reuse of weight tiles).
+        num_warps: warps per program.
+        num_stages: software-pipelining depth of the K loop.
+        schedule: "grid" (one program per tile) or "persistent" (programs_per_sm · SMs programs loop over tiles).
+        programs_per_sm: programs per SM of the persistent schedule (1 for "grid").
+        SPLIT_K: K slices reduced with float32 atomics (decode: more programs in flight). mlp1 needs the unfused
+            SwiGLU for SPLIT_K > 1, since the activation applies to the whole sum.
+        fuse_swiglu: mlp1 only: SwiGLU in the GEMM epilogue instead of a second kernel over h.
+        dequant: "dot_scaled" (``tl.dot_scaled`` with e2m1 operands) or "upcast" (decode to the activation dtype in
+            registers, then ``tl.dot``).
+
+    Raises:
+        ValueError: on an impossible combination (checked at construction).
+    """
+
+    BLOCK_M: int = 64
+    BLOCK_N: int = 64
+    BLOCK_K: int = 64
+    GROUP_M: int = 8
+    num_warps: int = 4
+    num_stages: int = 3
+    schedule: str = "grid"
+    programs_per_sm: int = 1
+    SPLIT_K: int = 1
+    fuse_swiglu: bool = True
+    dequant: str = "dot_scaled"
+
+    def __post_init__(self) -> None:
+        for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "SPLIT_K", "programs_per_sm"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not _is_pow2(value):
+                raise ValueError(f"{name}={value!r} must be a positive power of two")
+        if min(self.BLOCK_M, self.BLOCK_N) < 16:
+            raise ValueError(f"BLOCK_M={self.BLOCK_M} and BLOCK_N={self.BLOCK_N} must be ≥ 16 (tl.dot minimum)")
+        if self.BLOCK_K < 32:
+            raise ValueError(f"BLOCK_K={self.BLOCK_K} must be a multiple of the MXFP4 group size 32")
+        if not isinstance(self.num_stages, int) or not 1 <= self.num_stages <= 8:
+            raise ValueError(f"num_stages={self.num_stages!r} must be in 1..8")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r} must be one of {SCHEDULES}")
+        if self.schedule == "grid" and self.programs_per_sm != 1:
+            raise ValueError("programs_per_sm only applies to the persistent schedule")
+        if self.dequant not in DEQUANT_PATHS:
+            raise ValueError(f"dequant={self.dequant!r} must be one of {DEQUANT_PATHS}")
+        if not isinstance(self.fuse_swiglu, bool):
+            raise ValueError(f"fuse_swiglu={self.fuse_swiglu!r} must be a bool")
+
+    @classmethod
+    def from_dict(cls, params: dict) -> MoeGemmConfig:
+        """Build from a mapping of field names; unknown keys raise ValueError."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(params) - known
+        if unknown:
+            raise ValueError(f"unknown moe_gemm config keys {sorted(unknown)}")
+        return cls(**params)
+
+    def as_dict(self) -> dict:
+        """The config as a plain dict (JSON-ready)."""
+        return asdict(self)

@@ -1,0 +1,274 @@
+"""Launchers of the MXFP4 MoE GEMM: check shapes, allocate, compute the grid, launch.
+
+Legend: T tokens, k top-k, R = T·k routed rows (sorted by expert), E experts, N output features, K input
+features, G = K / 32.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import triton
+
+from kernels.moe_gemm.config import MoeGemmConfig
+from kernels.moe_gemm.triton_kernels import moe_mxfp4_gemm_kernel, swiglu_kernel
+from kernels.moe_routing import Routing, max_row_blocks
+
+SWIGLU_ALPHA = 1.702
+"""gpt-oss SwiGLU sigmoid scale (openai/gpt-oss ``gpt_oss/torch/model.py``, ``swiglu``)."""
+
+SWIGLU_LIMIT = 7.0
+"""gpt-oss clamp of the gate (above) and of the linear half (both sides); config.json ``swiglu_limit``."""
+
+_ACT_FORMATS = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+_INTERPRETER_SMS = 4
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return _INTERPRETER_SMS
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One Triton launch: ``kernel[grid](*args, **kwargs)``; kwargs hold the constexprs and num_warps/num_stages."""
+
+    kernel: Any
+    grid: tuple[int, ...]
+    args: tuple
+    kwargs: dict
+
+    def run(self, *, compile_only: bool = False) -> Any:
+        """Launch, or with ``compile_only`` compile into Triton's cache without running (GPU only).
+
+        Returns:
+            What Triton returns: the compiled kernel (metadata such as ``shared`` bytes), or None in the interpreter.
+        """
+        if compile_only:
+            return self.kernel.warmup(*self.args, grid=self.grid, **self.kwargs)
+        return self.kernel[self.grid](*self.args, **self.kwargs)
+
+
+def _check_weights(w_blocks: torch.Tensor, w_scales: torch.Tensor, bias: torch.Tensor, k: int) -> tuple[int, int]:
+    if w_blocks.dtype != torch.uint8 or w_scales.dtype != torch.uint8:
+        raise TypeError(f"MXFP4 blocks/scales must be uint8, got {w_blocks.dtype}/{w_scales.dtype}")
+    if w_blocks.dim() != 4 or w_blocks.shape[-1] != 16:
+        raise ValueError(f"w_blocks must be [E, N, K/32, 16], got {tuple(w_blocks.shape)}")
+    num_experts, n, groups, _ = w_blocks.shape
+    if tuple(w_scales.shape) != (num_experts, n, groups):
+        raise ValueError(f"w_scales {tuple(w_scales.shape)} does not match w_blocks {tuple(w_blocks.shape)}")
+    if groups * 32 != k:
+        raise ValueError(f"activations have K={k} but the weights hold K={groups * 32}")
+    if tuple(bias.shape) != (num_experts, n):
+        raise ValueError(f"bias must be [E, N] = [{num_experts}, {n}], got {tuple(bias.shape)}")
+    return num_experts, n
+
+
+def gemm_launch(
+    a: torch.Tensor,
+    routing: Routing,
+    w_blocks: torch.Tensor,
+    w_scales: torch.Tensor,
+    bias: torch.Tensor,
+    out: torch.Tensor,
+    config: MoeGemmConfig,
+    *,
+    gather_a: bool,
+    scatter_out: bool,
+    fuse_swiglu: bool,
+    atomic_out: bool,
+) -> KernelLaunch:
+    """Arguments, constexprs and grid of one :func:`moe_mxfp4_gemm_kernel` launch (nothing runs).
+
+    Args:
+        a: ``[T, K]`` (gather_a) or ``[R, K]`` activations, bf16/fp16 (fp32 with the upcast path), K contiguous.
+        routing: the rows sorted by expert.
+        w_blocks: ``[E, N, K/32, 16]`` uint8, contiguous.
+        w_scales: ``[E, N, K/32]`` uint8, contiguous.
+        bias: ``[E, N]``.
+        out: the destination (layout per the flags, see :mod:`kernels.moe_gemm.triton_kernels`).
+        config: the launch config.
+        gather_a: read activation row ``row_token[r]`` (mlp1) instead of ``r``.
+        scatter_out: ``out[row_token[r]] += row_gate[r] * y[r]`` (mlp2).
+        fuse_swiglu: SwiGLU epilogue writing ``[R, N/2]``.
+        atomic_out: accumulate ``[R, N]`` float32 with atomics (split-K without scatter).
+
+    Returns:
+        The :class:`KernelLaunch`.
+
+    Raises:
+        ValueError: if the activation dtype cannot use the chosen dequant path.
+    """
+    num_experts, n = w_blocks.shape[0], w_blocks.shape[1]
+    k = a.shape[1]
+    act_format = _ACT_FORMATS.get(a.dtype)
+    if config.dequant == "dot_scaled" and act_format is None:
+        raise ValueError(f"dequant='dot_scaled' needs bf16 or fp16 activations, got {a.dtype}")
+    num_m_blocks = max_row_blocks(routing.num_rows, num_experts, config.BLOCK_M)
+    total_tiles = num_m_blocks * triton.cdiv(n, config.BLOCK_N) * config.SPLIT_K
+    persistent = config.schedule == "persistent"
+    num_programs = min(total_tiles, _num_sms(a.device) * config.programs_per_sm) if persistent else total_tiles
+    args = (
+        a, w_blocks, w_scales, bias, out, routing.expert_offsets, routing.row_token, routing.row_gate,
+        n, k, num_m_blocks, num_programs,
+        a.stride(0), w_blocks.stride(0), w_blocks.stride(1), w_scales.stride(0), w_scales.stride(1),
+        bias.stride(0), out.stride(0),
+    )
+    kwargs = dict(
+        NUM_EXPERTS=num_experts, EXPERTS_POW2=triton.next_power_of_2(num_experts),
+        GATHER_A=gather_a, SCATTER_OUT=scatter_out, FUSE_SWIGLU=fuse_swiglu, ATOMIC_OUT=atomic_out,
+        SWIGLU_ALPHA=SWIGLU_ALPHA, SWIGLU_LIMIT=SWIGLU_LIMIT, UPCAST=config.dequant == "upcast",
+        ACT_FORMAT=act_format or "fp32",
+        BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M,
+        SPLIT_K=config.SPLIT_K, PERSISTENT=persistent,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return KernelLaunch(moe_mxfp4_gemm_kernel, (num_programs,), args, kwargs)
+
+
+def swiglu_launch(h: torch.Tensor, out: torch.Tensor, config: MoeGemmConfig) -> KernelLaunch:
+    """The unfused SwiGLU pass ``h [R, N] → out [R, N/2]``, tiled by the config's BLOCK_M × BLOCK_N/2."""
+    rows, cols = out.shape
+    block_c = config.BLOCK_N // 2
+    grid = (triton.cdiv(rows, config.BLOCK_M), triton.cdiv(cols, block_c))
+    args = (h, out, rows, cols, h.stride(0), out.stride(0))
+    kwargs = dict(ALPHA=SWIGLU_ALPHA, LIMIT=SWIGLU_LIMIT, BLOCK_R=config.BLOCK_M, BLOCK_C=block_c,
+                  num_warps=config.num_warps)
+    return KernelLaunch(swiglu_kernel, grid, args, kwargs)
+
+
+def mlp1_launches(
+    x: torch.Tensor,
+    routing: Routing,
+    w_blocks: torch.Tensor,
+    w_scales: torch.Tensor,
+    bias: torch.Tensor,
+    config: MoeGemmConfig,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[KernelLaunch]]:
+    """Allocate the mlp1 outputs and plan its launches (see :func:`moe_mlp1`)."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be [T, K], got {tuple(x.shape)}")
+    _, n = _check_weights(w_blocks, w_scales, bias, x.shape[1])
+    if n % 2:
+        raise ValueError(f"mlp1 needs an even N (gate/linear interleaved), got N={n}")
+    if x.shape[0] != routing.num_tokens:
+        raise ValueError(f"x has {x.shape[0]} tokens but the routing has {routing.num_tokens}")
+    rows = routing.num_rows
+    if out is None:
+        out = torch.empty((rows, n // 2), dtype=x.dtype, device=x.device)
+    elif tuple(out.shape) != (rows, n // 2):
+        raise ValueError(f"out must be [R, N/2] = [{rows}, {n // 2}], got {tuple(out.shape)}")
+    if rows == 0:
+        return out, []
+    if config.fuse_swiglu:
+        if config.SPLIT_K > 1:
+            raise ValueError("mlp1 with SPLIT_K > 1 needs fuse_swiglu=False (SwiGLU applies to the full K sum)")
+        return out, [gemm_launch(x, routing, w_blocks, w_scales, bias, out, config, gather_a=True,
+                                 scatter_out=False, fuse_swiglu=True, atomic_out=False)]
+    split = config.SPLIT_K > 1
+    h = (torch.zeros if split else torch.empty)((rows, n), dtype=torch.float32 if split else x.dtype,
+                                               device=x.device)  # [R, N]
+    return out, [
+        gemm_launch(x, routing, w_blocks, w_scales, bias, h, config, gather_a=True, scatter_out=False,
+                    fuse_swiglu=False, atomic_out=split),
+        swiglu_launch(h, out, config),
+    ]
+
+
+def moe_mlp1(
+    x: torch.Tensor,
+    routing: Routing,
+    w_blocks: torch.Tensor,
+    w_scales: torch.Tensor,
+    bias: torch.Tensor,
+    config: MoeGemmConfig,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """gpt-oss mlp1 over routed rows: ``swiglu(x[row_token[r]] @ W1[e]^T + b1[e])``.
+
+    Args:
+        x: ``[T, K]`` activations (bf16 on GPUs, fp16/fp32 under the interpreter), K contiguous.
+        routing: rows sorted by expert (:func:`kernels.moe_routing.route`).
+        w_blocks: ``[E, N, K/32, 16]`` uint8 MXFP4 blocks (checkpoint layout, no repacking).
+        w_scales: ``[E, N, K/32]`` uint8 e8m0 scales.
+        bias: ``[E, N]`` in x's dtype (or float32).
+        config: launch config.
+        out: optional ``[R, N/2]`` destination in x's dtype.
+
+    Returns:
+        ``[R, N/2]`` activations in sorted-row order (the input of :func:`moe_mlp2`).
+
+    Raises:
+        ValueError / TypeError: on inconsistent shapes or dtypes, or SPLIT_K > 1 with the fused epilogue.
+    """
+    out, launches = mlp1_launches(x, routing, w_blocks, w_scales, bias, config, out)
+    for launch in launches:
+        launch.run()
+    return out
+
+
+def mlp2_launches(
+    a: torch.Tensor,
+    routing: Routing,
+    w_blocks: torch.Tensor,
+    w_scales: torch.Tensor,
+    bias: torch.Tensor,
+    config: MoeGemmConfig,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[KernelLaunch]]:
+    """Allocate and zero the mlp2 output and plan its launch (see :func:`moe_mlp2`)."""
+    if a.dim() != 2 or a.shape[0] != routing.num_rows:
+        raise ValueError(f"a must be [R, K] with R={routing.num_rows}, got {tuple(a.shape)}")
+    _, n = _check_weights(w_blocks, w_scales, bias, a.shape[1])
+    tokens = routing.num_tokens
+    if out is None:
+        out = torch.empty((tokens, n), dtype=torch.float32, device=a.device)
+    elif tuple(out.shape) != (tokens, n) or out.dtype != torch.float32:
+        raise ValueError(f"out must be float32 [T, N] = [{tokens}, {n}], got {out.dtype} {tuple(out.shape)}")
+    out.zero_()
+    if routing.num_rows == 0:
+        return out, []
+    return out, [gemm_launch(a, routing, w_blocks, w_scales, bias, out, config, gather_a=False, scatter_out=True,
+                             fuse_swiglu=False, atomic_out=True)]
+
+
+def moe_mlp2(
+    a: torch.Tensor,
+    routing: Routing,
+    w_blocks: torch.Tensor,
+    w_scales: torch.Tensor,
+    bias: torch.Tensor,
+    config: MoeGemmConfig,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """gpt-oss mlp2 and the top-k combine: ``out[t] = Σ_r→t row_gate[r] · (a[r] @ W2[e]^T + b2[e])``.
+
+    Args:
+        a: ``[R, K]`` mlp1 output in sorted-row order.
+        routing: the same routing as mlp1.
+        w_blocks: ``[E, N, K/32, 16]`` uint8.
+        w_scales: ``[E, N, K/32]`` uint8.
+        bias: ``[E, N]``.
+        config: launch config (``fuse_swiglu`` is ignored).
+        out: optional float32 ``[T, N]`` destination; it is zeroed first (the kernel accumulates atomically).
+
+    Returns:
+        ``[T, N]`` float32.
+
+    Raises:
+        ValueError / TypeError: on inconsistent shapes or dtypes.
+    """
+    out, launches = mlp2_launches(a, routing, w_blocks, w_scales, bias, config, out)
+    for launch in launches:
+        launch.run()
+    return out

@@ -1,0 +1,143 @@
+"""fp32 torch reference, cost model and tolerances of the MXFP4 MoE GEMM.
+
+Legend: T tokens, R = T·k routed rows sorted by expert, E experts, N output features, K input features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels.moe_gemm.config import MoeShape
+from kernels.moe_gemm.launch import SWIGLU_ALPHA, SWIGLU_LIMIT
+from kernels.moe_routing import Routing
+from kernels.mxfp4 import dequantize
+
+
+def swiglu_reference(h: torch.Tensor, alpha: float = SWIGLU_ALPHA, limit: float = SWIGLU_LIMIT) -> torch.Tensor:
+    """gpt-oss SwiGLU on interleaved columns (openai/gpt-oss ``gpt_oss/torch/model.py``, ``swiglu``).
+
+    Args:
+        h: ``[..., 2C]``; ``h[..., ::2]`` is the gate, ``h[..., 1::2]`` the linear half.
+
+    Returns:
+        ``[..., C]`` = ``min(g, L) · sigmoid(alpha · min(g, L)) · (clamp(l, -L, L) + 1)``.
+    """
+    gate = h[..., ::2].clamp(max=limit)
+    lin = h[..., 1::2].clamp(min=-limit, max=limit)
+    return gate * torch.sigmoid(alpha * gate) * (lin + 1.0)
+
+
+def _expert_rows(routing: Routing) -> list[tuple[int, torch.Tensor]]:
+    """(expert, sorted-row indices) for every expert with rows, from ``row_expert`` (not from the offsets)."""
+    experts = torch.unique(routing.row_expert).tolist()
+    return [(e, torch.nonzero(routing.row_expert == e).squeeze(1)) for e in experts]
+
+
+@torch.no_grad()
+def mlp1_reference(x: torch.Tensor, routing: Routing, w_blocks: torch.Tensor, w_scales: torch.Tensor,
+                   bias: torch.Tensor) -> torch.Tensor:
+    """fp32 mlp1: ``swiglu(x[row_token[r]] @ W1[e]^T + b1[e])`` for each sorted row r of expert e.
+
+    Args:
+        x: ``[T, K]``; w_blocks ``[E, N, K/32, 16]`` uint8; w_scales ``[E, N, K/32]`` uint8; bias ``[E, N]``.
+
+    Returns:
+        ``[R, N/2]`` float32.
+    """
+    n = w_blocks.shape[1]
+    out = torch.zeros((routing.num_rows, n // 2), dtype=torch.float32, device=x.device)
+    for expert, rows in _expert_rows(routing):
+        w = dequantize(w_blocks[expert], w_scales[expert])  # [N, K] fp32
+        h = torch.matmul(x[routing.row_token[rows].long()].float(), w.T) + bias[expert].float()  # [rows, N]
+        out[rows] = swiglu_reference(h)
+    return out
+
+
+@torch.no_grad()
+def mlp2_reference(a: torch.Tensor, routing: Routing, w_blocks: torch.Tensor, w_scales: torch.Tensor,
+                   bias: torch.Tensor) -> torch.Tensor:
+    """fp32 mlp2 with the top-k combine: ``out[t] = Σ_r→t row_gate[r] (a[r] @ W2[e]^T + b2[e])``.
+
+    Args:
+        a: ``[R, K]`` in sorted-row order; weights as in :func:`mlp1_reference`.
+
+    Returns:
+        ``[T, N]`` float32.
+    """
+    n = w_blocks.shape[1]
+    out = torch.zeros((routing.num_tokens, n), dtype=torch.float32, device=a.device)
+    for expert, rows in _expert_rows(routing):
+        w = dequantize(w_blocks[expert], w_scales[expert])  # [N, K] fp32
+        y = torch.matmul(a[rows].float(), w.T) + bias[expert].float()  # [rows, N]
+        out.index_add_(0, routing.row_token[rows].long(), y * routing.row_gate[rows, None])
+    return out
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Work of one call: ``flops`` (multiply-adds count 2) and ``bytes`` (the fewest that must move)."""
+
+    flops: float
+    bytes: float
+
+
+def cost(variant: str, shape: MoeShape, experts_hit: float, act_bytes: int, bias_bytes: int) -> Cost:
+    """FLOPs and the fewest bytes of one MoE GEMM call.
+
+    Bytes count each input once and each output once: the weights, scales and biases of the experts actually hit,
+    the activations (mlp1 reads each token once however many rows gather it), the outputs and the routing arrays.
+
+    Args:
+        variant: "mlp1" or "mlp2".
+        shape: the problem size.
+        experts_hit: distinct experts with at least one row (mean over the timed input sets).
+        act_bytes: bytes per activation element (2 for bf16/fp16).
+        bias_bytes: bytes per bias element.
+
+    Returns:
+        The :class:`Cost`.
+    """
+    rows, n, k = shape.rows, shape.N, shape.K
+    flops = 2.0 * rows * n * k
+    weight_bytes = experts_hit * n * (k // 2 + k // 32 + bias_bytes)  # e2m1 + e8m0 + bias
+    routing_bytes = rows * 4 * 2 + (shape.E + 1) * 4
+    if variant == "mlp1":
+        act = shape.M * k * act_bytes + rows * (n // 2) * act_bytes
+    else:
+        act = rows * k * act_bytes + shape.M * n * 4
+    return Cost(flops=flops, bytes=weight_bytes + act + routing_bytes)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Largest accepted row-wise relative error ``max_r ‖out_r − ref_r‖ / ‖ref_r‖`` and why that value."""
+
+    max_rel_err: float
+    reason: str
+
+
+_UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 2.0**-24}
+
+
+def tolerance(variant: str, dtype: torch.dtype) -> Tolerance:
+    """Accepted error of the kernel against the fp32 reference, per variant and activation dtype.
+
+    The weights decode exactly into bf16/fp16/fp32 and the reference sees the same rounded activations, so the
+    only error sources are the fp32 accumulation order (~1e-6 here) and, for mlp1, the rounding of its output to the
+    activation dtype (row-wise RMS about u/√3 for unit roundoff u, elementwise at most u), doubled when the unfused
+    path also rounds h before the SwiGLU. Tolerances take 4u for mlp1 (≈ 4× the rounding bound) and 1e-4 for the
+    float32 mlp2 output; a lost K block of 45 or a wrong row gives ≥ 0.1 and fails either.
+
+    Args:
+        variant: "mlp1" or "mlp2".
+        dtype: activation dtype.
+
+    Returns:
+        The :class:`Tolerance`.
+    """
+    unit = _UNIT_ROUNDOFF[dtype]
+    if variant == "mlp1" and dtype != torch.float32:
+        return Tolerance(4 * unit, f"{dtype} output rounding (unit roundoff {unit:.2e}) on h and the SwiGLU output")
+    return Tolerance(1e-4, "float32 output; error from accumulation order only")

@@ -1,0 +1,198 @@
+"""Triton kernels of the MXFP4 MoE grouped GEMM (gpt-oss mlp1 and mlp2).
+
+Legend: R routed rows sorted by expert (see :mod:`kernels.moe_routing`), E experts, N output features, K input
+features, G = K / 32 scale groups.
+
+One kernel serves both calls of the gpt-oss MLP, chosen by constexpr flags:
+
+- mlp1: ``A[r] = x[row_token[r]]`` (gathered), ``h = A W1[e]^T + b1[e]``, then either the fused SwiGLU-OAI epilogue
+  (``FUSE_SWIGLU``; gate/linear interleaved along N) or a store of ``h`` for the separate :func:`_swiglu_kernel`.
+- mlp2: ``A[r]`` is row r of the mlp1 output, ``out[row_token[r]] += row_gate[r] * (A W2[e]^T + b2[e])`` with
+  float32 atomics (``SCATTER_OUT``), which is also the top-k weighted sum.
+
+Each program owns a BLOCK_M × BLOCK_N output tile of one expert; the row blocks of the expert segments are found
+in-kernel from ``expert_offsets`` (a cumulative sum over E), so the host never waits on the routing. Two MXFP4
+paths: ``tl.dot_scaled`` (Triton's microscaling dot; emulated by an upcast to bf16 on Hopper) and an explicit
+upcast (:func:`decode_e2m1_tile`) followed by ``tl.dot``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def decode_e2m1_tile(packed, scales, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """Decode a tile of MXFP4 weights.
+
+    Args:
+        packed: ``[BLOCK_N, BLOCK_K // 2]`` uint8, two e2m1 codes per byte, the low nibble first along K.
+        scales: ``[BLOCK_N, BLOCK_K // 32]`` uint8 e8m0 (bias 127); supported range 0..240.
+        OUT_DTYPE: tl.bfloat16, tl.float16 or tl.float32.
+
+    Returns:
+        ``[BLOCK_N, BLOCK_K]`` OUT_DTYPE values, exact for every code.
+
+    The 3 magnitude bits of an e2m1 code placed at fp16 bits 11..9 (sign at bit 15) give an fp16 whose value is the
+    e2m1 value times 2**-14, subnormal 0.5 included, so value = fp16 · 2**(scale - 127 + 14).
+    """
+    codes = tl.join(packed & 0x0F, packed >> 4).reshape(BLOCK_N, BLOCK_K).to(tl.uint16)  # [BN, BK]
+    bits = ((codes & 0x8) << 12) | ((codes & 0x7) << 9)
+    values = bits.to(tl.float16, bitcast=True).to(tl.float32)  # [BN, BK]
+    # 2**(scale - 113) built from its fp32 bit pattern: exponent field = scale - 113 + 127.
+    factor = ((scales.to(tl.int32) + 14) << 23).to(tl.float32, bitcast=True)  # [BN, BK // 32]
+    values = values.reshape(BLOCK_N, BLOCK_K // 32, 32) * factor[:, :, None]
+    return values.reshape(BLOCK_N, BLOCK_K).to(OUT_DTYPE)
+
+
+@triton.jit
+def _swiglu_oai(gate, lin, ALPHA: tl.constexpr, LIMIT: tl.constexpr):
+    """gpt-oss SwiGLU: ``min(g, L) * sigmoid(alpha * min(g, L)) * (clamp(l, -L, L) + 1)`` in float32."""
+    gate = tl.minimum(gate, LIMIT)
+    lin = tl.minimum(tl.maximum(lin, -LIMIT), LIMIT)
+    return gate * tl.sigmoid(ALPHA * gate) * (lin + 1.0)
+
+
+@triton.jit
+def _gemm_tile(
+    tile, a_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, row_token_ptr, row_gate_ptr,
+    N, K, num_m_blocks, stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_om,
+    e_idx, seg_start, seg_end, seg_blocks, blocks_through, real_m_blocks,
+    GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr, FUSE_SWIGLU: tl.constexpr, ATOMIC_OUT: tl.constexpr,
+    SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr, UPCAST: tl.constexpr, ACT_FORMAT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+):
+    num_n_blocks = tl.cdiv(N, BLOCK_N)
+    tiles_per_split = num_m_blocks * num_n_blocks
+    split = tile // tiles_per_split
+    t = tile % tiles_per_split
+    # GROUP_M swizzle: GROUP_M consecutive row blocks (mostly one expert) walk the N blocks together, so a weight
+    # tile is reused from L2 by the programs running at the same time.
+    tiles_per_group = GROUP_M * num_n_blocks
+    first_m = (t // tiles_per_group) * GROUP_M
+    group_rows = tl.minimum(num_m_blocks - first_m, GROUP_M)
+    pid_m = first_m + (t % tiles_per_group) % group_rows
+    pid_n = (t % tiles_per_group) // group_rows
+    if pid_m < real_m_blocks:
+        expert = tl.sum((blocks_through <= pid_m).to(tl.int32), axis=0)
+        is_expert = e_idx == expert
+        first_block = tl.sum(tl.where(is_expert, blocks_through - seg_blocks, 0), axis=0)
+        row_begin = tl.sum(tl.where(is_expert, seg_start, 0), axis=0) + (pid_m - first_block) * BLOCK_M
+        row_end = tl.sum(tl.where(is_expert, seg_end, 0), axis=0)
+        rows = row_begin + tl.arange(0, BLOCK_M)  # [BM]
+        row_mask = rows < row_end
+        if GATHER_A:
+            a_rows = tl.load(row_token_ptr + rows, mask=row_mask, other=0)
+        else:
+            a_rows = rows
+        a_row_ptrs = a_ptr + a_rows.to(tl.int64)[:, None] * stride_am  # [BM, 1]
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
+        n_mask = offs_n < N
+        w_base = w_ptr + expert.to(tl.int64) * stride_we
+        s_base = s_ptr + expert.to(tl.int64) * stride_se
+        k_tiles = tl.cdiv(K, BLOCK_K)
+        k_tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
+        k_first = split * k_tiles_per_split
+        k_stop = tl.minimum(k_first + k_tiles_per_split, k_tiles)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for kt in range(k_first, k_stop):
+            offs_k = kt * BLOCK_K + tl.arange(0, BLOCK_K)
+            a = tl.load(a_row_ptrs + offs_k[None, :], mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
+            offs_g = kt * (BLOCK_K // 32) + tl.arange(0, BLOCK_K // 32)
+            scales = tl.load(s_base + offs_n[:, None] * stride_sn + offs_g[None, :],
+                             mask=n_mask[:, None] & (offs_g[None, :] < K // 32), other=127)  # [BN, BK // 32]
+            offs_b = kt * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+            if UPCAST:
+                packed = tl.load(w_base + offs_n[:, None] * stride_wn + offs_b[None, :],
+                                 mask=n_mask[:, None] & (offs_b[None, :] < K // 2), other=0)  # [BN, BK // 2]
+                w = decode_e2m1_tile(packed, scales, BLOCK_N, BLOCK_K, a.dtype)  # [BN, BK]
+                acc = tl.dot(a, tl.trans(w), acc)
+            else:
+                packed = tl.load(w_base + offs_n[None, :] * stride_wn + offs_b[:, None],
+                                 mask=n_mask[None, :] & (offs_b[:, None] < K // 2), other=0)  # [BK // 2, BN]
+                acc = tl.dot_scaled(a, None, ACT_FORMAT, packed, scales, "e2m1", acc)
+        # Bias once per output element: only the first K split adds it.
+        first_split = (tl.zeros((BLOCK_N,), dtype=tl.int32) + split) == 0
+        bias = tl.load(bias_ptr + expert.to(tl.int64) * stride_be + offs_n, mask=n_mask & first_split, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
+        if FUSE_SWIGLU:
+            gate, lin = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))  # even columns gate, odd linear
+            y = _swiglu_oai(gate, lin, SWIGLU_ALPHA, SWIGLU_LIMIT)  # [BM, BN // 2]
+            offs_c = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+            ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_om + offs_c[None, :]
+            tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & (offs_c[None, :] < N // 2))
+        elif SCATTER_OUT:
+            gate = tl.load(row_gate_ptr + rows, mask=row_mask, other=0.0)
+            token = tl.load(row_token_ptr + rows, mask=row_mask, other=0)
+            ptrs = out_ptr + token.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+            tl.atomic_add(ptrs, acc * gate[:, None], mask=row_mask[:, None] & n_mask[None, :], sem="relaxed")
+        else:
+            ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+            mask = row_mask[:, None] & n_mask[None, :]
+            if ATOMIC_OUT:
+                tl.atomic_add(ptrs, acc, mask=mask, sem="relaxed")
+            else:
+                tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["num_m_blocks", "num_programs"])
+def moe_mxfp4_gemm_kernel(
+    a_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, expert_offsets_ptr, row_token_ptr, row_gate_ptr,
+    N, K, num_m_blocks, num_programs,
+    stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_om,
+    NUM_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
+    GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr, FUSE_SWIGLU: tl.constexpr, ATOMIC_OUT: tl.constexpr,
+    SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr, UPCAST: tl.constexpr, ACT_FORMAT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr, PERSISTENT: tl.constexpr,
+):
+    """MoE grouped GEMM with MXFP4 weights.
+
+    Pointers: ``a`` [*, K] activations (bf16/fp16/fp32, K contiguous); ``w`` [E, N, K // 2] uint8 packed e2m1 (the
+    checkpoint's ``[E, N, G, 16]`` blocks viewed flat); ``s`` [E, N, G] uint8 e8m0; ``bias`` [E, N];
+    ``out`` [*, N or N // 2]; ``expert_offsets`` [E + 1] int32; ``row_token`` [R] int32; ``row_gate`` [R] float32.
+    The grid is ``num_m_blocks · cdiv(N, BLOCK_N) · SPLIT_K`` programs, or ``num_programs`` looping over those tiles
+    when PERSISTENT. ``num_m_blocks`` is an upper bound on the row blocks (:func:`kernels.moe_routing.max_row_blocks`);
+    tiles past the real count exit at once. Neither count is specialized on, so one compiled kernel serves every
+    token count M.
+    """
+    pid = tl.program_id(0)
+    # Row-block schedule of the expert segments: every program derives the same small table from expert_offsets.
+    e_idx = tl.arange(0, EXPERTS_POW2)
+    e_mask = e_idx < NUM_EXPERTS
+    seg_start = tl.load(expert_offsets_ptr + e_idx, mask=e_mask, other=0)
+    seg_end = tl.load(expert_offsets_ptr + e_idx + 1, mask=e_mask, other=0)
+    seg_blocks = (seg_end - seg_start + BLOCK_M - 1) // BLOCK_M
+    blocks_through = tl.cumsum(seg_blocks, axis=0)  # row blocks of experts 0..e inclusive
+    real_m_blocks = tl.sum(seg_blocks, axis=0)
+    if PERSISTENT:
+        total_tiles = num_m_blocks * tl.cdiv(N, BLOCK_N) * SPLIT_K
+        for tile in range(pid, total_tiles, num_programs):
+            _gemm_tile(tile, a_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, row_token_ptr, row_gate_ptr,
+                       N, K, num_m_blocks, stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_be,
+                       stride_om, e_idx, seg_start, seg_end, seg_blocks, blocks_through, real_m_blocks,
+                       GATHER_A, SCATTER_OUT, FUSE_SWIGLU, ATOMIC_OUT, SWIGLU_ALPHA, SWIGLU_LIMIT, UPCAST,
+                       ACT_FORMAT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K)
+    else:
+        _gemm_tile(pid, a_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, row_token_ptr, row_gate_ptr,
+                   N, K, num_m_blocks, stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_be,
+                   stride_om, e_idx, seg_start, seg_end, seg_blocks, blocks_through, real_m_blocks,
+                   GATHER_A, SCATTER_OUT, FUSE_SWIGLU, ATOMIC_OUT, SWIGLU_ALPHA, SWIGLU_LIMIT, UPCAST,
+                   ACT_FORMAT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K)
+
+
+@triton.jit
+def swiglu_kernel(h_ptr, out_ptr, R, C, stride_h, stride_o,
+                  ALPHA: tl.constexpr, LIMIT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Unfused SwiGLU-OAI: ``out[r, c] = swiglu(h[r, 2c], h[r, 2c + 1])``; h [R, 2C] (any float), out [R, C]."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (rows < R)[:, None] & (cols < C)[None, :]
+    h_ptrs = h_ptr + rows.to(tl.int64)[:, None] * stride_h + 2 * cols[None, :]
+    gate = tl.load(h_ptrs, mask=mask, other=0.0).to(tl.float32)
+    lin = tl.load(h_ptrs + 1, mask=mask, other=0.0).to(tl.float32)
+    y = _swiglu_oai(gate, lin, ALPHA, LIMIT)
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * stride_o + cols[None, :], y.to(out_ptr.dtype.element_ty),
+             mask=mask)

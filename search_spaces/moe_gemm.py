@@ -1,0 +1,139 @@
+"""Search space of the MXFP4 MoE GEMM (``kernels.moe_gemm``), for both variants (mlp1, mlp2).
+
+Shape dimensions: M tokens, N output features, K input features, E experts, top_k. R = M·top_k routed rows.
+Every constraint returns a reason string when a config cannot work (the trial is PRUNED with that reason before
+anything compiles) and None otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from autotune.space import Param, SearchSpace
+
+POW2_TILES = (16, 32, 64, 128, 256)
+
+
+def _params(variant: str) -> tuple[Param, ...]:
+    params = [
+        Param("BLOCK_M", POW2_TILES, doc="routed rows per tile"),
+        Param("BLOCK_N", POW2_TILES, doc="output features per tile"),
+        Param("BLOCK_K", (32, 64, 128, 256), doc="K step, a multiple of the MXFP4 group 32"),
+        Param("GROUP_M", (1, 4, 8, 16), doc="row blocks sweeping N together (L2 reuse)"),
+        Param("num_warps", (2, 4, 8)),
+        Param("num_stages", (1, 2, 3, 4, 5), doc="software-pipelining depth"),
+        Param("schedule", ("grid", "persistent")),
+        Param("programs_per_sm", (1, 2, 4), when=lambda c: c["schedule"] == "persistent", inactive=1,
+              doc="persistent schedule only"),
+        Param("dequant", ("dot_scaled", "upcast"), doc="tl.dot_scaled, or decode to bf16 then tl.dot"),
+    ]
+    if variant == "mlp1":
+        params.append(Param("fuse_swiglu", (True, False), doc="SwiGLU in the GEMM epilogue"))
+        params.append(Param("SPLIT_K", (1, 2, 4, 8), when=lambda c: not c["fuse_swiglu"], inactive=1,
+                            doc="unfused SwiGLU only"))
+    else:
+        params.append(Param("fuse_swiglu", (True,), doc="not used by mlp2"))
+        params.append(Param("SPLIT_K", (1, 2, 4, 8)))
+    return tuple(params)
+
+
+def rows_per_expert(shape: Mapping[str, int]) -> float:
+    """Mean routed rows per expert hit under uniform routing (R spread over min(E, R) experts)."""
+    rows = shape["M"] * shape["top_k"]
+    return rows / max(1, min(shape["E"], rows))
+
+
+def _next_pow2(value: float) -> int:
+    power = 1
+    while power < value:
+        power *= 2
+    return power
+
+
+def estimated_shared_bytes(config: Mapping[str, Any], act_bytes: int = 2) -> int:
+    """Shared memory of the K-loop pipeline buffers: num_stages × (activation tile + packed e2m1 tile + scales).
+
+    A model, not a measurement: Triton may use less (e.g. when it does not pipeline a load) or more (layout
+    conversions). Each trial records the compiler's own figure (user attr ``shared_bytes``).
+    """
+    bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
+    per_stage = bm * bk * act_bytes + bn * bk // 2 + bn * bk // 32
+    return max(1, config["num_stages"]) * per_stage
+
+
+def fits_shared_memory(config, shape, device) -> str | None:
+    """Pipeline buffers must fit the device's shared memory per block (GB10: 101,376 B)."""
+    need = estimated_shared_bytes(config)
+    if need > device.max_shared_mem_per_block:
+        return (f"shared memory: ~{need} B of pipeline buffers > {device.max_shared_mem_per_block} B per block "
+                f"on {device.name}")
+    return None
+
+
+def block_m_fits_rows(config, shape, device) -> str | None:
+    """BLOCK_M beyond twice the mean rows per expert would be mostly padding."""
+    limit = max(16, _next_pow2(2 * rows_per_expert(shape)))
+    if config["BLOCK_M"] > limit:
+        return (f"BLOCK_M={config['BLOCK_M']} > {limit}: about {rows_per_expert(shape):.1f} routed rows per expert, "
+                "the tile would be mostly padding")
+    return None
+
+
+def tile_fits_problem(config, shape, device) -> str | None:
+    """A tile wider than the problem (N or K rounded up) only adds masked work."""
+    if config["BLOCK_N"] > _next_pow2(shape["N"]) or config["BLOCK_K"] > _next_pow2(shape["K"]):
+        return f"tile {config['BLOCK_N']}x{config['BLOCK_K']} exceeds N={shape['N']}, K={shape['K']}"
+    if config.get("fuse_swiglu") and config["BLOCK_N"] < 32:
+        return "fused SwiGLU needs BLOCK_N >= 32 (its output tile is BLOCK_N/2 >= 16 columns)"
+    return None
+
+
+def split_k_useful(config, shape, device) -> str | None:
+    """Split-K only helps when the tiles alone leave SMs idle; each slice must own at least one K step."""
+    split = config["SPLIT_K"]
+    if split == 1:
+        return None
+    k_steps = -(-shape["K"] // config["BLOCK_K"])
+    if split > k_steps:
+        return f"SPLIT_K={split} > {k_steps} K steps of BLOCK_K={config['BLOCK_K']}"
+    rows = shape["M"] * shape["top_k"]
+    row_blocks = min(shape["E"], rows) + max(0, rows - shape["E"]) // config["BLOCK_M"]
+    tiles = row_blocks * -(-shape["N"] // config["BLOCK_N"])
+    if tiles >= 2 * device.sm_count:
+        return f"SPLIT_K={split} with {tiles} tiles >= 2 waves of {device.sm_count} SMs: atomics for no parallelism"
+    return None
+
+
+CONSTRAINTS = (tile_fits_problem, block_m_fits_rows, split_k_useful, fits_shared_memory)
+
+
+def default(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
+    """The config without a table: BLOCK_M from the rows per expert, wide N tiles for prefill.
+
+    The choices follow the first H100 sweep (scripts/results/2026-11-21-h100-explore.log, Triton 3.6): BLOCK_N=64
+    with BLOCK_K=128 and the upcast path led at decode; 128x128x64 tiles at 8192 tokens.
+    """
+    block_m = min(128, max(16, _next_pow2(rows_per_expert(shape))))
+    prefill = block_m >= 64
+    config = {
+        "BLOCK_M": block_m,
+        "BLOCK_N": min(128 if prefill else 64, max(32, _next_pow2(shape["N"]))),
+        "BLOCK_K": min(64 if prefill else 128, max(32, _next_pow2(shape["K"]))),
+        "GROUP_M": 8 if prefill else 1,
+        "num_warps": 4,
+        "num_stages": 3,
+        "schedule": "grid",
+        "programs_per_sm": 1,
+        "dequant": "upcast",
+        "fuse_swiglu": True,
+        "SPLIT_K": 1,
+    }
+    if device is not None and fits_shared_memory(config, shape, device):
+        config["num_stages"] = 2
+    return config
+
+
+def space(variant: str, shape: Mapping[str, int], device) -> SearchSpace:
+    """The search space of one variant at one shape on one device."""
+    return SearchSpace(params=_params(variant), constraints=CONSTRAINTS, default=default(variant, shape, device))

@@ -56,7 +56,8 @@ def _parse_gpus(text: str | None, available: int) -> tuple[int, ...]:
 
 def cmd_run(*, kernel: str, preset: str | None, shapes: str | None, variants: str | None, trials: int | None,
             timeout: float | None, storage: str, sampler: str, seed: int, enqueue: Sequence[str], table: str,
-            no_export: bool, gpus: str | None, trial_timeout: float, finalists: int, dtype: str | None) -> int:
+            no_export: bool, gpus: str | None, trial_timeout: float, finalists: int, dtype: str | None,
+            compile_workers: int | None) -> int:
     """Tune a kernel over a preset's shapes; export the winners."""
     from autotune import presets, registry
     from autotune.run import RunRequest, run, summarize
@@ -90,6 +91,7 @@ def cmd_run(*, kernel: str, preset: str | None, shapes: str | None, variants: st
     request = RunRequest(kernel=kernel, kernel_preset=kernel_preset, variants=chosen_variants, storage_url=storage,
                          sampler=sampler, enqueue=_parse_enqueue(enqueue), table=None if no_export else Path(table),
                          gpus=_parse_gpus(gpus, gpu_count) if not interpreter else (), interpreter=interpreter,
+                         compile_workers=defaults.compile_workers() if compile_workers is None else compile_workers,
                          settings=settings)
     reports = run(request)
     print(summarize(reports))
@@ -178,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds for one compile + check + time before the worker is killed (default: %(default)s)")
     run.add_argument("--finalists", type=int, default=defaults.FINALISTS,
                      help="best configs re-timed with the default before export, 0 to skip (default: %(default)s)")
+    run.add_argument("--compile-workers", type=int,
+                     help="processes compiling configs ahead of the GPU workers (default: half the CPU cores, at "
+                          f"most {defaults.MAX_COMPILE_WORKERS}; none without a GPU)")
     run.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
                      help=f"activation dtype (default: {defaults.GPU_DTYPE} on GPUs, {defaults.CPU_DTYPE} on CPU)")
 

@@ -6,6 +6,7 @@ same from any working directory of an editable install.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -38,3 +39,10 @@ FINALISTS = 3
 FINAL_REP_MS = 150.0
 FINAL_ROUNDS = 2
 """The best configs (plus the default) re-timed FINAL_ROUNDS times, interleaved, FINAL_REP_MS each."""
+
+MAX_COMPILE_WORKERS = 8
+
+
+def compile_workers() -> int:
+    """Compile-ahead processes: half the CPU cores (Triton compiles on one core each), at most 8."""
+    return max(1, min(MAX_COMPILE_WORKERS, (os.cpu_count() or 2) // 2))

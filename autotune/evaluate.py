@@ -110,6 +110,25 @@ class Evaluator:
             result["phase"] = phase
         return result
 
+    def precompile(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Compile a config into Triton's on-disk cache without running it (uninitialized inputs of the job's shape,
+        so the specialization matches the evaluating worker's). Lets several processes compile while one GPU times.
+
+        Returns:
+            ``kind`` ("ok" or the failure kind), ``compile_s``, ``error``.
+        """
+        from autotune import registry
+
+        try:
+            kernel = registry.get(job["kernel"]).kernel
+            shape = kernel.shape_from_dims(job["variant"], job["shape"])
+            inputs = kernel.make_empty_inputs(job["variant"], shape, dtype=_dtype(job["dtype"]),
+                                              device=self.torch_device)
+            _, plan = kernel.launches(job["variant"], inputs, kernel.config_from_dict(job["config"]))
+            return {"kind": Kind.OK.value, **self._compile(plan)}
+        except Exception as exc:  # noqa: BLE001 - the evaluating worker compiles again and classifies the error
+            return {"kind": classify(exc, "compile").value, "error": f"{type(exc).__name__}: {exc}"[:500]}
+
     def _synchronize(self) -> None:
         if self.torch_device == "cuda":
             import torch

@@ -37,6 +37,7 @@ class RunRequest:
     table: Path | None
     gpus: tuple[int, ...]
     interpreter: bool
+    compile_workers: int
     settings: TuneSettings
 
 
@@ -64,7 +65,8 @@ def run(request: RunRequest) -> list[StudyReport]:
     storage = open_storage(request.storage_url)
     source_hash = spec.source_hash()
     reports = []
-    with WorkerPool(list(request.gpus), interpreter=request.interpreter) as pool:
+    with WorkerPool(list(request.gpus), interpreter=request.interpreter,
+                    compile_workers=request.compile_workers) as pool:
         device = pool.start()
         fingerprint = fingerprint_mod.fingerprint(device, source_hash)
         _log(f"device: {device.name} ({device.key}); {len(plan)} studies of {request.kernel}; "
@@ -97,7 +99,8 @@ def _tune_one(key, space, user_configs, pool, device, fingerprint, storage, requ
         study_mod.enqueue(study, space, config, source="user")
     progress = StudyProgress(study, key.name, settings.n_trials)
     try:
-        run_trials(study, key, space, device, pool.workers, settings, report, on_trial=progress.update)
+        run_trials(study, key, space, device, pool.workers, settings, report, on_trial=progress.update,
+                   compilers=pool.compilers)
         if settings.finalists and not finalists_current(study, fingerprint):
             progress.note("re-timing finalists")
             report.finalists = retime_finalists(study, key, pool.workers[0], settings, fingerprint)

@@ -11,6 +11,7 @@ repetitions, and re-checked on fresh inputs: timing noise picks different winner
 
 from __future__ import annotations
 
+import queue
 import statistics
 import time
 import zlib
@@ -95,36 +96,64 @@ def _job(key, config: Config, settings: TuneSettings, seed: int, **extra) -> dic
             "dtype": settings.dtype, "seed": seed, "rep_ms": settings.rep_ms, **extra}
 
 
+def _evaluate_pipeline(job: dict[str, Any], timeout_s: float, compilers: queue.Queue | None,
+                       evaluators: queue.Queue) -> dict[str, Any]:
+    """Compile on a free compile worker (if any), then evaluate on a free evaluation worker."""
+    if compilers is not None:
+        compiler = compilers.get()
+        try:
+            compiler.evaluate({**job, "compile_only": True}, timeout_s)  # errors resurface in the evaluation
+        finally:
+            compilers.put(compiler)
+    worker = evaluators.get()
+    try:
+        return worker.evaluate(job, timeout_s)
+    finally:
+        evaluators.put(worker)
+
+
+def _idle_queue(workers) -> queue.Queue:
+    idle: queue.Queue = queue.Queue()
+    for worker in workers:
+        idle.put(worker)
+    return idle
+
+
 def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSettings, report: StudyReport,
-               on_trial=None) -> None:
+               on_trial=None, compilers=()) -> None:
     """Ask/evaluate/tell until the budget, the timeout or the ask limit is reached.
+
+    Up to ``len(workers) + len(compilers)`` trials are in flight: each is compiled by a free compile worker, then
+    checked and timed by a free evaluation worker.
 
     Args:
         study: the ``optuna.Study``.
         key: its :class:`autotune.study.StudyKey`.
         space: the search space at this shape and device.
         device: the :class:`autotune.device.DeviceProfile` the constraints read.
-        workers: :class:`autotune.worker.Worker` objects; one trial runs on each at a time.
+        workers: evaluation :class:`autotune.worker.Worker` objects (one trial on each at a time).
         settings: the run's settings.
         report: updated in place.
         on_trial: called with each finished ``FrozenTrial`` (progress display).
+        compilers: compile-only workers.
     """
     deadline = time.monotonic() + settings.timeout_s if settings.timeout_s else None
     completed = _completed_by_hash(study)
     measured = _measured_count(study)
     asks = 0
-    idle = list(workers)
     pending: dict = {}
     shape = key.shape_dict
+    evaluators = _idle_queue(workers)
+    compile_queue = _idle_queue(compilers) if compilers else None
+    max_in_flight = len(workers) + len(compilers)
 
     def may_ask() -> bool:
-        in_flight = len(pending)
-        return (measured + in_flight < settings.n_trials and asks < MAX_ASKS_PER_TRIAL * settings.n_trials
+        return (measured + len(pending) < settings.n_trials and asks < MAX_ASKS_PER_TRIAL * settings.n_trials
                 and (deadline is None or time.monotonic() < deadline))
 
-    with ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="trial") as executor:
+    with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="trial") as executor:
         while True:
-            while idle and may_ask():
+            while len(pending) < max_in_flight and may_ask():
                 asks += 1
                 trial = study.ask()
                 config = space.suggest(trial)
@@ -137,9 +166,10 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
                     finished = study_mod.record_duplicate(study, trial, completed[config_hash(config)])
                     report.duplicates += 1
                 else:
-                    worker = idle.pop()
                     job = _job(key, config, settings, seed=study_seed(settings.seed, key.name) + trial.number)
-                    pending[executor.submit(worker.evaluate, job, settings.trial_timeout_s)] = (trial, worker)
+                    future = executor.submit(_evaluate_pipeline, job, settings.trial_timeout_s, compile_queue,
+                                             evaluators)
+                    pending[future] = trial
                     continue
                 if on_trial:
                     on_trial(finished)
@@ -147,8 +177,7 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
                 return
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                trial, worker = pending.pop(future)
-                idle.append(worker)
+                trial = pending.pop(future)
                 finished = study_mod.record_result(study, trial, future.result())
                 measured += 1
                 if finished.user_attrs.get("kind") == Kind.OK.value:

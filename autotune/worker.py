@@ -37,7 +37,7 @@ def _worker_main(conn, env: dict[str, str]) -> None:
             return
         if job is None:
             return
-        result = evaluator.evaluate(job)
+        result = evaluator.precompile(job) if job.get("compile_only") else evaluator.evaluate(job)
         conn.send(result)
         if result["kind"] == Kind.CUDA_ERROR.value:
             os._exit(3)  # the CUDA context is unusable; the parent starts a fresh process

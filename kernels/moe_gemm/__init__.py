@@ -1,7 +1,7 @@
 """MXFP4 MoE grouped GEMM of gpt-oss: mlp1 (with the SwiGLU-OAI epilogue) and mlp2 (with the top-k combine).
 
 The module-level functions below form the uniform kernel interface the tuner uses (variant, inputs, config):
-:func:`make_inputs`, :func:`make_timing_inputs`, :func:`launches`, :func:`launch`, :func:`reference`,
+:func:`make_inputs`, :func:`make_empty_inputs`, :func:`make_timing_inputs`, :func:`launches`, :func:`launch`, :func:`reference`,
 :func:`cost`, :func:`tolerance`, :func:`shape_from_dims`, :func:`model_shapes`. A runtime calls :func:`moe_mlp1` and
 :func:`moe_mlp2` directly.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from kernels.moe_gemm.config import VARIANTS, MoeGemmConfig, MoeShape
-from kernels.moe_gemm.inputs import MoeGemmInputs, make_inputs, make_rotating_inputs
+from kernels.moe_gemm.inputs import MoeGemmInputs, make_empty_inputs, make_inputs, make_rotating_inputs
 from kernels.moe_gemm.launch import KernelLaunch, mlp1_launches, mlp2_launches, moe_mlp1, moe_mlp2
 from kernels.moe_gemm.reference import Cost, Tolerance, mlp1_reference, mlp2_reference, swiglu_reference
 from kernels.moe_gemm.reference import cost as _cost
@@ -33,7 +33,8 @@ SOURCE_FILES = tuple(sorted(Path(__file__).parent.glob("*.py"))) + (
 
 __all__ = [
     "BUCKET_DIM", "EXAMPLE_DIMS", "NAME", "SOURCE_FILES", "VARIANTS", "Cost", "KernelLaunch", "MoeGemmConfig", "MoeGemmInputs",
-    "MoeShape", "Tolerance", "config_from_dict", "cost", "launch", "launches", "make_inputs", "make_timing_inputs",
+    "MoeShape", "Tolerance", "config_from_dict", "cost", "launch", "launches", "make_empty_inputs", "make_inputs",
+    "make_timing_inputs",
     "mlp1_reference", "mlp2_reference", "model_shapes", "moe_mlp1", "moe_mlp2", "reference", "shape_from_dims",
     "swiglu_reference", "tolerance",
 ]

@@ -126,10 +126,11 @@ def make_rotating_inputs(variant: str, shape: MoeShape, *, dtype: torch.dtype, d
     return sets
 
 
-def make_meta_inputs(variant: str, shape: MoeShape, *, dtype: torch.dtype) -> MoeGemmInputs:
-    """Inputs on the ``meta`` device (shapes and dtypes only, no memory): enough to plan launches and compile
-    kernels offline for a GPU this machine does not have."""
-    meta = torch.device("meta")
+def make_empty_inputs(variant: str, shape: MoeShape, *, dtype: torch.dtype,
+                      device: torch.device | str = "meta") -> MoeGemmInputs:
+    """Uninitialized inputs (``meta`` by default: shapes and dtypes only, no memory): enough to plan launches and to
+    compile kernels, e.g. offline for a GPU this machine does not have. Never launch on them."""
+    meta = torch.device(device)
     rows = shape.rows
     routing = Routing(
         topk_ids=torch.empty((shape.M, shape.top_k), dtype=torch.int32, device=meta),

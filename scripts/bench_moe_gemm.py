@@ -1,0 +1,161 @@
+"""Benchmark of the MXFP4 MoE GEMM: tuned (from the table) vs default config vs a torch bf16 baseline, per M.
+
+For each variant and token count it prints median µs of the tuned config, the default config and the faster of two
+torch baselines (bf16 weights dequantized once, then ``torch._grouped_mm`` or one matmul per expert), the tuned
+kernel's GB/s as a fraction of the measured copy bandwidth and its TFLOP/s as a fraction of the measured bf16 matmul
+rate, and the routing time (top-k + softmax + grouping). Timing is the tuner's own (:mod:`autotune.timing`: CUDA-graph
+replay over input sets that rotate experts so the weights come from DRAM). Every config is checked against the fp32
+reference first.
+
+    python scripts/bench_moe_gemm.py --model 20b --out scripts/results/...md
+
+Needs a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.testing  # noqa: E402
+
+import kernels.moe_gemm as moe  # noqa: E402
+from autotune import device as device_mod  # noqa: E402
+from autotune import nvml_readings, registry  # noqa: E402
+from autotune.evaluate import row_relative_error  # noqa: E402
+from autotune.runtime import open_table  # noqa: E402
+from autotune.timing import median_us  # noqa: E402
+from kernels.moe_routing import route  # noqa: E402
+from scripts.moe_baselines import dequantized_weights, grouped_mm_call, per_expert_call  # noqa: E402
+
+MODELS = {"20b": 32, "120b": 128}
+M_VALUES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def measure_peaks() -> tuple[float, float]:
+    """(copy GB/s counting bytes read + written over a 1 GiB buffer, bf16 8192³ matmul TFLOP/s on random data)."""
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    copy_ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    del src, dst
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    mm_ms = triton.testing.do_bench(lambda: a @ b, warmup=50, rep=300, return_mode="median")
+    return 2 * 2**30 / copy_ms / 1e6, 2 * 8192**3 / mm_ms / 1e9
+
+
+def _kernel_calls(variant, sets, config):
+    outs = [moe.launches(variant, s, config)[0] for s in sets]
+
+    def call_for(item, out):
+        return lambda: moe.launch(variant, item, config, out)
+
+    return [call_for(s, o) for s, o in zip(sets, outs)]
+
+
+def _checked(variant, shape, config, seed) -> float:
+    inputs = moe.make_inputs(variant, shape, dtype=torch.bfloat16, device="cuda", seed=seed)
+    err = row_relative_error(moe.launch(variant, inputs, config), moe.reference(variant, inputs))
+    tol = moe.tolerance(variant, torch.bfloat16).max_rel_err
+    if not err <= tol:
+        raise RuntimeError(f"{variant} {shape} {config}: error {err:.2e} > {tol:.1e}")
+    return err
+
+
+def bench_shape(variant, shape, table, device, rep_ms):
+    """One row of the report."""
+    entry = table.lookup("moe_gemm", variant, shape.as_dict())
+    tuned_cfg = moe.config_from_dict(entry.config)
+    default_cfg = moe.config_from_dict(registry.get("moe_gemm").default_config(variant, shape.as_dict(), device))
+    sets = moe.make_timing_inputs(variant, shape, dtype=torch.bfloat16, device="cuda", seed=7,
+                                  cache_bytes=device.l2_bytes)
+    cost = moe.cost(variant, sets)
+    row = {"variant": variant, "M": shape.M, "source": entry.source}
+    row["err"] = max(_checked(variant, shape, tuned_cfg, 11), _checked(variant, shape, default_cfg, 12))
+    row["tuned_us"] = median_us(_kernel_calls(variant, sets, tuned_cfg), on_gpu=True, rep_ms=rep_ms).median_us
+    row["default_us"] = median_us(_kernel_calls(variant, sets, default_cfg), on_gpu=True, rep_ms=rep_ms).median_us
+    weights = dequantized_weights(sets[0])
+    baselines = {}
+    for name, make in (("grouped_mm", grouped_mm_call), ("per_expert", per_expert_call)):
+        try:
+            baselines[name] = median_us([make(variant, s, weights) for s in sets], on_gpu=True,
+                                        rep_ms=rep_ms).median_us
+        except RuntimeError as exc:
+            print(f"  torch {name} failed at {variant} M={shape.M}: {str(exc).splitlines()[0]}", file=sys.stderr)
+    del weights
+    row["torch_us"], row["torch"] = min((v, k) for k, v in baselines.items()) if baselines else (math.nan, "-")
+    logits = torch.randn(shape.M, shape.E, device="cuda")
+    row["routing_us"] = median_us([lambda: route(logits, shape.top_k)], on_gpu=True, rep_ms=rep_ms).median_us
+    row["gbps"] = cost.bytes / row["tuned_us"] / 1e3
+    row["tflops"] = cost.flops / row["tuned_us"] / 1e6
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="20b")
+    parser.add_argument("--table", help="table file (default: studies/tables/configs.json)")
+    parser.add_argument("--M", default=",".join(map(str, M_VALUES)), help="token counts")
+    parser.add_argument("--rep-ms", type=float, default=200.0)
+    parser.add_argument("--out", help="also write the report (markdown) here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_moe_gemm: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    device = device_mod.detect(0)
+    table = open_table(args.table, device)
+    copy_gbps, mm_tflops = measure_peaks()
+    lines = [
+        f"# MoE GEMM benchmark, gpt-oss-{args.model} shapes",
+        "",
+        f"date {datetime.date.today()}; device {device.name} ({device.key}, {device.sm_count} SMs); driver "
+        f"{nvml_readings.driver_version()}; torch {torch.__version__}; triton {triton.__version__}; "
+        f"python {platform.python_version()}; table {table.table.path if table.table else 'none (defaults)'}",
+        f"measured copy {copy_gbps:.0f} GB/s (read+write), bf16 8192^3 matmul {mm_tflops:.0f} TFLOP/s",
+        "",
+        "| variant | M | tuned us | default us | torch us (which) | tuned/default | torch/tuned | GB/s | GB/s / copy "
+        "| TFLOP/s | TFLOP/s / peak | routing us | max err | table |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for variant in moe.VARIANTS:
+        for m in (int(v) for v in args.M.split(",")):
+            shape = moe.MoeShape.for_variant(variant, M=m, hidden=2880, intermediate=2880, E=MODELS[args.model],
+                                             top_k=4)
+            row = bench_shape(variant, shape, table, device, args.rep_ms)
+            rows.append(row)
+            lines.append(
+                f"| {variant} | {m} | {row['tuned_us']:.1f} | {row['default_us']:.1f} | {row['torch_us']:.1f} "
+                f"({row['torch']}) | {row['default_us'] / row['tuned_us']:.2f} | {row['torch_us'] / row['tuned_us']:.2f} "
+                f"| {row['gbps']:.0f} | {row['gbps'] / copy_gbps:.2f} | {row['tflops']:.1f} | "
+                f"{row['tflops'] / mm_tflops:.2f} | {row['routing_us']:.1f} | {row['err']:.1e} | {row['source']} |")
+            print(lines[-1], flush=True)
+    ratios = [r["default_us"] / r["tuned_us"] for r in rows]
+    decode = [r["gbps"] / copy_gbps for r in rows if r["M"] <= 16]
+    prefill = [r["tflops"] / mm_tflops for r in rows if r["M"] >= 2048]
+    lines += [
+        "",
+        f"- tuned/default geomean over {len(rows)} shapes: {math.exp(sum(map(math.log, ratios)) / len(ratios)):.3f}x "
+        "(target >= 1.25)",
+        f"- decode M <= 16, GB/s / copy: min {min(decode):.2f}, max {max(decode):.2f} (target >= 0.85)" if decode else "",
+        f"- prefill M >= 2048, TFLOP/s / peak: min {min(prefill):.2f}, max {max(prefill):.2f} (target >= 0.50)"
+        if prefill else "",
+    ]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -67,15 +67,14 @@ def cmd_run(*, kernel: str, preset: str | None, shapes: str | None, variants: st
     gpu_count = _gpu_count()
     interpreter = gpu_count == 0
     if interpreter:
-        print(f"autotune: no CUDA GPU found: running under the Triton interpreter (CPU) with the "
-              f"{defaults.CPU_PRESET!r} preset; results are keyed to the interpreter and never served to a GPU",
-              file=sys.stderr, flush=True)
-        preset = defaults.CPU_PRESET if preset is None or preset != defaults.CPU_PRESET else preset
+        preset = preset or defaults.CPU_PRESET
+        print(f"autotune: no CUDA GPU found: running under the Triton interpreter (CPU) with the {preset!r} preset; "
+              "results are keyed to the interpreter and never served to a GPU", file=sys.stderr, flush=True)
     loaded = presets.load(preset or defaults.GPU_PRESET)
     if kernel not in loaded.kernels:
         raise UserError(f"preset {loaded.name!r} has no [{kernel}] table")
     kernel_preset = loaded.kernels[kernel]
-    if shapes:
+    if shapes is not None:
         kernel_preset = presets.with_shapes(kernel_preset, presets.parse_shapes(shapes))
     chosen_variants = tuple(variants.split(",")) if variants else kernel_preset.variants
     for variant in chosen_variants:
@@ -83,6 +82,10 @@ def cmd_run(*, kernel: str, preset: str | None, shapes: str | None, variants: st
     n_trials = trials if trials is not None else kernel_preset.trials
     if n_trials < 1:
         raise UserError("--trials must be at least 1")
+    for flag, value, minimum in (("--timeout", timeout, 1e-9), ("--trial-timeout", trial_timeout, 1e-9),
+                                 ("--finalists", finalists, 0), ("--compile-workers", compile_workers, 0)):
+        if value is not None and value < minimum:
+            raise UserError(f"{flag} must be {'positive' if minimum else 'at least 0'}, got {value}")
     settings = TuneSettings(
         n_trials=n_trials, timeout_s=timeout if timeout is not None else kernel_preset.timeout_s,
         trial_timeout_s=trial_timeout, dtype=dtype or (defaults.CPU_DTYPE if interpreter else defaults.GPU_DTYPE),
@@ -105,11 +108,12 @@ def cmd_list(*, storage: str) -> int:
     from autotune import device, presets, report
     from autotune.storage import open_storage
 
+    opened = open_storage(storage)
     with pd.option_context("display.width", 200, "display.max_colwidth", 120):
         print("kernels:")
         print(report.kernels_frame(device.INTERPRETER if _gpu_count() == 0 else device.detect(0)).to_string(index=False))
         print(f"\npresets: {', '.join(presets.available())}")
-        studies = report.studies_frame(open_storage(storage))
+        studies = report.studies_frame(opened)
         print(f"\nstudies in {storage}:")
         print(studies.to_string(index=False) if not studies.empty else "(none)")
     return 0

@@ -25,7 +25,7 @@ CPU_PRESET = "tiny_cpu"
 
 SAMPLER = "tpe"
 SEED = 0
-TRIAL_TIMEOUT_S = 180.0
+TRIAL_TIMEOUT_S = 60.0
 """Compile + check + time of one config; a hang past it kills the worker."""
 
 GPU_DTYPE = "bfloat16"

@@ -86,6 +86,8 @@ def load(name_or_path: str) -> Preset:
     for kernel, section in data.items():
         if not isinstance(section, dict):
             continue
+        if not isinstance(section.get("variants"), list) or not all(isinstance(v, str) for v in section["variants"]):
+            raise PresetError(f"{path}: [{kernel}] variants must be a list of names, e.g. [\"mlp1\", \"mlp2\"]")
         try:
             variants = tuple(section["variants"])
             trials = int(section["trials"])

@@ -60,6 +60,9 @@ class StudyProgress:
         best = f"{report.best_us:.1f} us" if report.best_us else "-"
         default = f"{report.default_us:.1f} us" if report.default_us else "-"
         speed = f" ({report.default_us / report.best_us:.2f}x)" if report.best_us and report.default_us else ""
+        ahead = ""
+        if report.precompiled:
+            ahead = f", compiled ahead {report.precompiled.count('ok')}/{len(report.precompiled)}"
         print(f"{self.name}: best {best}, default {default}{speed}; this run {report.measured} measured, "
-              f"{report.pruned} pruned, {report.failed} failed, {report.duplicates} repeats", file=sys.stderr,
+              f"{report.pruned} pruned, {report.failed} failed, {report.duplicates} repeats{ahead}", file=sys.stderr,
               flush=True)

@@ -17,7 +17,8 @@ from typing import Any
 from autotune import fingerprint as fingerprint_mod
 from autotune import presets, registry
 from autotune import study as study_mod
-from autotune.export import export
+from autotune.errors import ConfigError
+from autotune.export import best_entry, export
 from autotune.pool import WorkerPool
 from autotune.progress import StudyProgress
 from autotune.storage import make_sampler, open_storage
@@ -71,10 +72,15 @@ def run(request: RunRequest) -> list[StudyReport]:
         fingerprint = fingerprint_mod.fingerprint(device, source_hash)
         _log(f"device: {device.name} ({device.key}); {len(plan)} studies of {request.kernel}; "
              f"storage {request.storage_url}")
-        for variant, shape in plan:
-            key = study_mod.StudyKey.of(request.kernel, variant, shape, device.key)
+        work = []
+        for variant, shape in plan:  # check every --enqueue config against every study before tuning any
             space = spec.space(variant, shape, device)
-            user_configs = [space.validate(config) for config in request.enqueue]
+            try:
+                user_configs = [space.validate(config) for config in request.enqueue]
+            except ConfigError as exc:
+                raise ConfigError(f"--enqueue for {request.kernel}/{variant}: {exc}") from exc
+            work.append((study_mod.StudyKey.of(request.kernel, variant, shape, device.key), space, user_configs))
+        for key, space, user_configs in work:
             reports.append(_tune_one(key, space, user_configs, pool, device, fingerprint, storage, request))
     if request.table is not None:
         for device_key, merge in export(storage, request.table, kernel=request.kernel, device_key=device.key).items():
@@ -106,10 +112,9 @@ def _tune_one(key, space, user_configs, pool, device, fingerprint, storage, requ
             report.finalists = retime_finalists(study, key, pool.workers[0], settings, fingerprint)
     finally:
         progress.close()
-    finalists = study.user_attrs.get("finalists") or []
-    if finalists:
-        report.best_us = finalists[0]["median_us"]
-        report.default_us = next((f["median_us"] for f in finalists if f["is_default"]), None)
+    entry = best_entry(key, study)
+    if entry is not None:
+        report.best_us, report.default_us = entry.median_us, entry.default_median_us
     progress.summary(report)
     return report
 

@@ -47,6 +47,11 @@ class Param:
         return self.when is None or bool(self.when(chosen))
 
 
+def _is_choice(value: Any, choices: Sequence) -> bool:
+    """Equal to a choice and of the same type (16.0 and True are not the choice 16 or 1)."""
+    return any(value == choice and type(value) is type(choice) for choice in choices)
+
+
 def config_json(config: Mapping[str, Any]) -> str:
     """Canonical JSON of a config (sorted keys, no spaces): equal configs give equal strings."""
     return json.dumps(dict(config), sort_keys=True, separators=(",", ":"))
@@ -116,8 +121,13 @@ class SearchSpace:
             if not param.active(full):
                 full[param.name] = param.inactive
                 continue
-            value = config.get(param.name, self.default[param.name])
-            if value not in param.choices:
+            if param.name in config:
+                value = config[param.name]
+            elif _is_choice(self.default[param.name], param.choices):
+                value = self.default[param.name]
+            else:  # inactive in the default, made active by the user's other values
+                value = param.choices[0]
+            if not _is_choice(value, param.choices):
                 raise ConfigError(f"{param.name}={value!r} is not one of {list(param.choices)}")
             full[param.name] = value
         return full

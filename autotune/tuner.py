@@ -64,6 +64,7 @@ class StudyReport:
     failed: int = 0
     duplicates: int = 0
     recovered: list[int] = field(default_factory=list)
+    precompiled: list[str] = field(default_factory=list)
     best_us: float | None = None
     default_us: float | None = None
     finalists: list[dict[str, Any]] = field(default_factory=list)
@@ -75,10 +76,17 @@ def study_seed(seed: int, name: str) -> int:
 
 
 def _measured_count(study) -> int:
+    """Trials that used budget: measured (COMPLETE or FAIL), not repeats, not interrupted by a killed run."""
     from optuna.trial import TrialState
 
     return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-               if "duplicate_of" not in t.user_attrs)
+               if "duplicate_of" not in t.user_attrs and t.user_attrs.get("kind") != "interrupted")
+
+
+def _has_queued(study) -> bool:
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def _completed_by_hash(study) -> dict[str, Any]:
@@ -97,12 +105,13 @@ def _job(key, config: Config, settings: TuneSettings, seed: int, **extra) -> dic
 
 
 def _evaluate_pipeline(job: dict[str, Any], timeout_s: float, compilers: queue.Queue | None,
-                       evaluators: queue.Queue) -> dict[str, Any]:
+                       evaluators: queue.Queue, report: StudyReport) -> dict[str, Any]:
     """Compile on a free compile worker (if any), then evaluate on a free evaluation worker."""
     if compilers is not None:
         compiler = compilers.get()
         try:
-            compiler.evaluate({**job, "compile_only": True}, timeout_s)  # errors resurface in the evaluation
+            ahead = compiler.evaluate({**job, "compile_only": True}, timeout_s)
+            report.precompiled.append(ahead["kind"])  # a failure resurfaces, classified, in the evaluation
         finally:
             compilers.put(compiler)
     worker = evaluators.get()
@@ -121,7 +130,7 @@ def _idle_queue(workers) -> queue.Queue:
 
 def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSettings, report: StudyReport,
                on_trial=None, compilers=()) -> None:
-    """Ask/evaluate/tell until the budget, the timeout or the ask limit is reached.
+    """Ask/evaluate/tell until the budget, the timeout or the ask limit is reached; queued configs always run.
 
     Up to ``len(workers) + len(compilers)`` trials are in flight: each is compiled by a free compile worker, then
     checked and timed by a free evaluation worker.
@@ -148,7 +157,9 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
     max_in_flight = len(workers) + len(compilers)
 
     def may_ask() -> bool:
-        return (measured + len(pending) < settings.n_trials and asks < MAX_ASKS_PER_TRIAL * settings.n_trials
+        # Queued configs (default, --enqueue, re-queued after a kill) run even past the budget: they were asked for.
+        within_budget = measured + len(pending) < settings.n_trials or _has_queued(study)
+        return (within_budget and asks < MAX_ASKS_PER_TRIAL * settings.n_trials
                 and (deadline is None or time.monotonic() < deadline))
 
     with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="trial") as executor:
@@ -168,7 +179,7 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
                 else:
                     job = _job(key, config, settings, seed=study_seed(settings.seed, key.name) + trial.number)
                     future = executor.submit(_evaluate_pipeline, job, settings.trial_timeout_s, compile_queue,
-                                             evaluators)
+                                             evaluators, report)
                     pending[future] = trial
                     continue
                 if on_trial:

@@ -18,8 +18,22 @@ from typing import Any
 from autotune.outcomes import STICKY, Kind
 
 
-def _worker_main(conn, env: dict[str, str]) -> None:
+def _exit_with_parent(parent_pid: int, interval_s: float = 0.5) -> None:
+    """Watchdog thread: end this process when the tuner that spawned it is gone (killed with SIGKILL, say), even
+    while a job hangs in a kernel, so no orphan keeps the GPU busy."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _worker_main(conn, env: dict[str, str], parent_pid: int) -> None:
     """Entry point of the spawned process: set the environment, report the device, serve jobs."""
+    _exit_with_parent(parent_pid)
     os.environ.update(env)
     from autotune import device as device_mod
     from autotune import registry
@@ -38,7 +52,10 @@ def _worker_main(conn, env: dict[str, str]) -> None:
         if job is None:
             return
         result = evaluator.precompile(job) if job.get("compile_only") else evaluator.evaluate(job)
-        conn.send(result)
+        try:
+            conn.send(result)
+        except (BrokenPipeError, OSError):
+            return  # the tuner is gone
         if result["kind"] == Kind.CUDA_ERROR.value:
             os._exit(3)  # the CUDA context is unusable; the parent starts a fresh process
 
@@ -80,7 +97,7 @@ class Worker:
         """
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        self._process = ctx.Process(target=_worker_main, args=(child, self._env()), daemon=True)
+        self._process = ctx.Process(target=_worker_main, args=(child, self._env(), os.getpid()), daemon=True)
         self._process.start()
         child.close()
         self._conn = parent

@@ -26,7 +26,8 @@ def _params(variant: str) -> tuple[Param, ...]:
         Param("schedule", ("grid", "persistent")),
         Param("programs_per_sm", (1, 2, 4), when=lambda c: c["schedule"] == "persistent", inactive=1,
               doc="persistent schedule only"),
-        Param("dequant", ("dot_scaled", "upcast"), doc="tl.dot_scaled, or decode to bf16 then tl.dot"),
+        Param("dequant", ("dot_scaled", "upcast", "upcast_ptx"),
+              doc="tl.dot_scaled, or decode then tl.dot (Triton ops, or inline PTX on sm_90+)"),
     ]
     if variant == "mlp1":
         params.append(Param("fuse_swiglu", (True, False), doc="SwiGLU in the GEMM epilogue"))
@@ -105,7 +106,14 @@ def split_k_useful(config, shape, device) -> str | None:
     return None
 
 
-CONSTRAINTS = (tile_fits_problem, block_m_fits_rows, split_k_useful, fits_shared_memory)
+def dequant_supported(config, shape, device) -> str | None:
+    """The inline-PTX decode uses ``mul.rn.bf16x2`` (PTX ISA 7.8: sm_90 and newer) and needs a CUDA device."""
+    if config["dequant"] == "upcast_ptx" and (not device.is_gpu or tuple(device.compute_capability) < (9, 0)):
+        return f"dequant=upcast_ptx needs a CUDA GPU with compute capability >= 9.0 ({device.name})"
+    return None
+
+
+CONSTRAINTS = (tile_fits_problem, block_m_fits_rows, split_k_useful, fits_shared_memory, dequant_supported)
 
 
 def default(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:

@@ -9,7 +9,7 @@ VARIANTS = ("mlp1", "mlp2")
 sum over the top-k."""
 
 SCHEDULES = ("grid", "persistent")
-DEQUANT_PATHS = ("dot_scaled", "upcast")
+DEQUANT_PATHS = ("dot_scaled", "upcast", "upcast_ptx")
 
 
 def _is_pow2(value: int) -> bool:
@@ -89,8 +89,8 @@ class MoeGemmConfig:
         SPLIT_K: K slices reduced with float32 atomics (decode: more programs in flight). mlp1 needs the unfused
             SwiGLU for SPLIT_K > 1, since the activation applies to the whole sum.
         fuse_swiglu: mlp1 only: SwiGLU in the GEMM epilogue instead of a second kernel over h.
-        dequant: "dot_scaled" (``tl.dot_scaled`` with e2m1 operands) or "upcast" (decode to the activation dtype in
-            registers, then ``tl.dot``).
+        dequant: "dot_scaled" (``tl.dot_scaled`` with e2m1 operands), "upcast" (decode to the activation dtype in
+            registers, then ``tl.dot``) or "upcast_ptx" (the same with the inline-PTX decode; bf16, sm_90+).
 
     Raises:
         ValueError: on an impossible combination (checked at construction).

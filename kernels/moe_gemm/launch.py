@@ -14,7 +14,7 @@ import torch
 import triton
 
 from kernels.moe_gemm.config import MoeGemmConfig
-from kernels.moe_gemm.triton_kernels import moe_mxfp4_gemm_kernel, swiglu_kernel
+from kernels.moe_gemm.triton_kernels import DEQUANT_CODES, moe_mxfp4_gemm_kernel, swiglu_kernel
 from kernels.moe_routing import Routing, max_row_blocks
 
 SWIGLU_ALPHA = 1.702
@@ -113,6 +113,8 @@ def gemm_launch(
     act_format = _ACT_FORMATS.get(a.dtype)
     if config.dequant == "dot_scaled" and act_format is None:
         raise ValueError(f"dequant='dot_scaled' needs bf16 or fp16 activations, got {a.dtype}")
+    if config.dequant == "upcast_ptx" and a.dtype != torch.bfloat16:
+        raise ValueError(f"dequant='upcast_ptx' needs bf16 activations (and a GPU of sm_90 or newer), got {a.dtype}")
     num_m_blocks = max_row_blocks(routing.num_rows, num_experts, config.BLOCK_M)
     total_tiles = num_m_blocks * triton.cdiv(n, config.BLOCK_N) * config.SPLIT_K
     persistent = config.schedule == "persistent"
@@ -126,7 +128,7 @@ def gemm_launch(
     kwargs = dict(
         NUM_EXPERTS=num_experts, EXPERTS_POW2=triton.next_power_of_2(num_experts),
         GATHER_A=gather_a, SCATTER_OUT=scatter_out, FUSE_SWIGLU=fuse_swiglu, ATOMIC_OUT=atomic_out,
-        SWIGLU_ALPHA=SWIGLU_ALPHA, SWIGLU_LIMIT=SWIGLU_LIMIT, UPCAST=config.dequant == "upcast",
+        SWIGLU_ALPHA=SWIGLU_ALPHA, SWIGLU_LIMIT=SWIGLU_LIMIT, DEQUANT=DEQUANT_CODES[config.dequant],
         ACT_FORMAT=act_format or "fp32",
         BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M,
         SPLIT_K=config.SPLIT_K, PERSISTENT=persistent,

@@ -1,0 +1,452 @@
+"""Tests of the MXFP4 MoE grouped GEMM (:mod:`kernels.moe_gemm`): Triton kernel vs the fp32 torch reference.
+
+On a CPU-only machine the kernels run under Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before
+triton is imported). The interpreter computes a bf16 ``tl.dot`` wrongly (triton#11584, ../shared/FACTS.md), so the
+CPU cases use fp16 activations (and fp32 on the upcast path); the ``gpu`` cases repeat a few in bf16 on CUDA.
+
+The check is the tuner's own: row-wise relative error ``max_r ‖tri_r − ref_r‖ / ‖ref_r‖`` against
+``kernels.moe_gemm.tolerance(variant, dtype).max_rel_err``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from kernels import moe_gemm
+from kernels.moe_gemm import MoeGemmConfig, MoeShape, launch, launches, make_inputs, reference, tolerance
+from kernels.moe_gemm.inputs import MoeGemmInputs
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+"""Where the fp16/fp32 cases run: the interpreter on a CPU-only machine, else the GPU."""
+
+FP32_ON_GPU = pytest.mark.skipif(
+    HAS_CUDA, reason="a GPU tl.dot on fp32 defaults to TF32 (~1e-3), above the 1e-4 fp32 tolerance (IEEE products)")
+
+
+def row_rel_err(tri: torch.Tensor, ref: torch.Tensor) -> float:
+    """``max_r ‖tri_r − ref_r‖ / ‖ref_r‖``, computed in float64 (fp32 norms over/underflow for extreme scales)."""
+    assert tri.shape == ref.shape, (tri.shape, ref.shape)
+    if tri.numel() == 0:
+        return 0.0
+    tri64, ref64 = tri.double(), ref.double()
+    num = (tri64 - ref64).norm(dim=-1)
+    den = ref64.norm(dim=-1).clamp_min(torch.finfo(torch.float64).tiny)
+    return (num / den).max().item()
+
+
+@dataclass(frozen=True)
+class Case:
+    """One kernel-vs-reference comparison (in the style of triton_kernels' tests/test_matmul.py)."""
+
+    variant: str
+    M: int
+    N: int
+    K: int
+    E: int
+    top_k: int
+    config: dict = field(default_factory=dict)
+    dtype: torch.dtype = torch.float16
+    seed: int = 0
+
+    @property
+    def shape(self) -> MoeShape:
+        return MoeShape(M=self.M, N=self.N, K=self.K, E=self.E, top_k=self.top_k)
+
+    @property
+    def cfg(self) -> MoeGemmConfig:
+        return MoeGemmConfig(**self.config)
+
+    def id(self) -> str:
+        c = self.cfg
+        dt = str(self.dtype).removeprefix("torch.")
+        path = (f"{c.dequant}-{c.schedule}{c.programs_per_sm if c.schedule == 'persistent' else ''}-sk{c.SPLIT_K}-"
+                f"{'fused' if c.fuse_swiglu else 'unfused'}-gm{c.GROUP_M}-{c.BLOCK_M}x{c.BLOCK_N}x{c.BLOCK_K}")
+        return f"{self.variant}-M{self.M}-N{self.N}-K{self.K}-E{self.E}-k{self.top_k}-{dt}-{path}"
+
+
+def run_case(case: Case, device: str = DEVICE) -> tuple[torch.Tensor, torch.Tensor, MoeGemmInputs]:
+    inputs = make_inputs(case.variant, case.shape, dtype=case.dtype, device=device, seed=case.seed)
+    tri_out = launch(case.variant, inputs, case.cfg)
+    ref_out = reference(case.variant, inputs)
+    return tri_out, ref_out, inputs
+
+
+def check_case(case: Case, device: str = DEVICE) -> None:
+    tri_out, ref_out, inputs = run_case(case, device)
+    rows = case.M * case.top_k if case.variant == "mlp1" else case.M
+    cols = case.N // 2 if case.variant == "mlp1" else case.N
+    assert tri_out.shape == (rows, cols)
+    assert tri_out.dtype == (case.dtype if case.variant == "mlp1" else torch.float32)
+    assert torch.isfinite(tri_out).all()
+    tol = tolerance(case.variant, case.dtype)
+    err = row_rel_err(tri_out, ref_out)
+    assert err <= tol.max_rel_err, f"{case.id()}: row-wise rel err {err:.3e} > {tol.max_rel_err:.3e} ({tol.reason})"
+
+
+# --- real gpt-oss dimensions at one token ------------------------------------------------------------------------
+# Big tiles keep the interpreter's program count low (measured on 2 CPU cores: about 5 s per launch). 5760 and 2880 are
+# not multiples of 256/512, so the real shapes also run masked N and K edge tiles.
+_REAL_20B = [
+    Case("mlp1", M=1, N=5760, K=2880, E=32, top_k=4, seed=11,
+         config=dict(BLOCK_M=16, BLOCK_N=256, BLOCK_K=512, GROUP_M=1, dequant="dot_scaled")),
+    Case("mlp2", M=1, N=2880, K=2880, E=32, top_k=4, seed=12,
+         config=dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=256, GROUP_M=1, dequant="upcast")),
+]
+_REAL_SLOW = [
+    Case("mlp1", M=1, N=5760, K=2880, E=32, top_k=4, seed=13,
+         config=dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=256, GROUP_M=1, dequant="upcast")),
+    Case("mlp2", M=1, N=2880, K=2880, E=32, top_k=4, seed=14,
+         config=dict(BLOCK_M=16, BLOCK_N=256, BLOCK_K=512, GROUP_M=1, dequant="dot_scaled", SPLIT_K=2)),
+    # gpt-oss-120b: 128 experts (the 120b weights of one layer are ~1 GB of uint8 here, hence slow).
+    Case("mlp1", M=2, N=5760, K=2880, E=128, top_k=4, seed=15,
+         config=dict(BLOCK_M=16, BLOCK_N=256, BLOCK_K=512, GROUP_M=1, dequant="dot_scaled")),
+    Case("mlp2", M=2, N=2880, K=2880, E=128, top_k=4, seed=16,
+         config=dict(BLOCK_M=16, BLOCK_N=256, BLOCK_K=512, GROUP_M=1, dequant="upcast",
+                     schedule="persistent", programs_per_sm=2)),
+]
+
+
+@pytest.mark.parametrize("case", _REAL_20B, ids=Case.id)
+def test_real_dims(case: Case):
+    check_case(case)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", _REAL_SLOW, ids=Case.id)
+def test_real_dims_slow(case: Case):
+    check_case(case)
+
+
+# --- every path on odd shapes ------------------------------------------------------------------------------------
+# ODD: N=96 with BLOCK_N=64 (half-masked N tile), K=96 with BLOCK_K=64 (half-masked K tile), E=3, top_k=3 (every
+# token on every expert), M=7. Full product of the paths below (mlp1 SPLIT_K > 1 only unfused).
+_ODD = dict(M=7, N=96, K=96, E=3, top_k=3)
+
+
+def _path_cases() -> list[Case]:
+    cases = []
+    seed = 100
+    for variant, dequant, schedule, split_k, fuse, group_m, block_m in itertools.product(
+            ("mlp1", "mlp2"), ("dot_scaled", "upcast"), ("grid", "persistent"), (1, 2, 4), (True, False), (1, 4),
+            (16, 32)):
+        if variant == "mlp1" and fuse and split_k > 1:
+            continue  # rejected by the launcher (tested below)
+        if variant == "mlp2" and not fuse:
+            continue  # mlp2 ignores fuse_swiglu: do not run its paths twice
+        seed += 1
+        cases.append(Case(variant, **_ODD, seed=seed, config=dict(
+            BLOCK_M=block_m, BLOCK_N=64, BLOCK_K=64, GROUP_M=group_m, schedule=schedule,
+            programs_per_sm=2 if schedule == "persistent" else 1, SPLIT_K=split_k, fuse_swiglu=fuse,
+            dequant=dequant)))
+    return cases
+
+
+@pytest.mark.parametrize("case", _path_cases(), ids=Case.id)
+def test_paths_odd_shape(case: Case):
+    check_case(case)
+
+
+# Many rows per expert (several row blocks per expert, empty experts, the GROUP_M swizzle over a partial group,
+# row-block bound > real blocks), N=160/K=160 edges again, and fp32 activations on the upcast path.
+_MULTI_BLOCK = [
+    Case("mlp1", M=40, N=160, K=160, E=5, top_k=2, seed=201,
+         config=dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, GROUP_M=4, dequant="dot_scaled")),
+    Case("mlp1", M=40, N=160, K=160, E=5, top_k=2, seed=202,
+         config=dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, dequant="upcast", schedule="persistent",
+                     programs_per_sm=2, SPLIT_K=4, fuse_swiglu=False)),
+    Case("mlp2", M=40, N=160, K=160, E=5, top_k=2, seed=203,
+         config=dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, GROUP_M=4, dequant="upcast", SPLIT_K=2)),
+    Case("mlp2", M=40, N=160, K=160, E=5, top_k=2, seed=204,
+         config=dict(BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, dequant="dot_scaled", schedule="persistent",
+                     programs_per_sm=2)),
+    # E=8, top_k=1, M=3: at most 3 experts hit, 5+ empty segments; E not a power of two in the next one.
+    Case("mlp1", M=3, N=64, K=64, E=8, top_k=1, seed=205, config=dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64)),
+    Case("mlp2", M=3, N=64, K=64, E=6, top_k=2, seed=206, config=dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64)),
+    # fp32 activations (upcast only: dot_scaled needs bf16/fp16).
+    Case("mlp1", M=7, N=96, K=96, E=3, top_k=3, dtype=torch.float32, seed=207,
+         config=dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, dequant="upcast")),
+    Case("mlp1", M=40, N=160, K=160, E=5, top_k=2, dtype=torch.float32, seed=208,
+         config=dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, dequant="upcast", fuse_swiglu=False, SPLIT_K=2)),
+    Case("mlp2", M=7, N=96, K=96, E=3, top_k=3, dtype=torch.float32, seed=209,
+         config=dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, dequant="upcast", schedule="persistent",
+                     programs_per_sm=2, SPLIT_K=2)),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=FP32_ON_GPU) if c.dtype == torch.float32 else c
+                                  for c in _MULTI_BLOCK], ids=Case.id)
+def test_multi_block_and_fp32(case: Case):
+    check_case(case)
+
+
+def test_multi_block_case_really_has_multi_block_experts():
+    # Guard for the case list above: the M=40/E=5/top_k=2 routing must give some expert > 16 rows and the
+    # E=8/top_k=1/M=3 routing must leave experts empty, else those cases test less than they claim.
+    inputs = make_inputs("mlp1", MoeShape(M=40, N=160, K=160, E=5, top_k=2), dtype=torch.float16, device=DEVICE,
+                         seed=201)
+    counts = inputs.routing.expert_offsets.diff()
+    assert counts.max().item() > 16
+    inputs = make_inputs("mlp1", MoeShape(M=3, N=64, K=64, E=8, top_k=1), dtype=torch.float16, device=DEVICE,
+                         seed=205)
+    assert (inputs.routing.expert_offsets.diff() == 0).sum().item() >= 5
+
+
+def test_dot_scaled_rejects_fp32():
+    inputs = make_inputs("mlp2", MoeShape(M=2, N=64, K=64, E=2, top_k=1), dtype=torch.float32, device=DEVICE, seed=0)
+    with pytest.raises(ValueError, match="dot_scaled"):
+        launches("mlp2", inputs, MoeGemmConfig(BLOCK_N=64, BLOCK_K=64, dequant="dot_scaled"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_upcast_ptx_needs_bf16(dtype):
+    if "upcast_ptx" not in moe_gemm.config.DEQUANT_PATHS:
+        pytest.skip("this kernel version has no dequant='upcast_ptx'")
+    inputs = make_inputs("mlp2", MoeShape(M=2, N=64, K=64, E=2, top_k=1), dtype=dtype, device=DEVICE, seed=0)
+    with pytest.raises(ValueError, match="upcast_ptx"):
+        launches("mlp2", inputs, MoeGemmConfig(BLOCK_N=64, BLOCK_K=64, dequant="upcast_ptx"))
+
+
+# --- scale decoding over the e8m0 range --------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype, dequant, lo, hi", [
+    pytest.param(torch.float32, "upcast", 1, 240, marks=FP32_ON_GPU),  # the kernel's decode range 0..240
+    (torch.float16, "upcast", 104, 140),  # fp16 decodes 0.5·2^(s-127) .. 6·2^(s-127) exactly only for s in 104..140
+    (torch.float16, "dot_scaled", 104, 140),
+])
+def test_scale_range_per_column(dtype, dequant, lo, hi):
+    n, k = 64, 64
+    inputs = make_inputs("mlp2", MoeShape(M=4, N=n, K=k, E=2, top_k=1), dtype=dtype, device=DEVICE, seed=5)
+    col_scale = torch.linspace(lo, hi, n).round().to(torch.uint8).to(DEVICE)  # one scale byte per output column
+    inputs = dataclasses.replace(inputs, w_scales=col_scale[None, :, None].expand(2, n, k // 32).contiguous(),
+                                 bias=torch.zeros_like(inputs.bias))
+    tri_out = launch("mlp2", inputs, MoeGemmConfig(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, dequant=dequant))
+    ref_out = reference("mlp2", inputs)
+    # Column-wise, since each column has its own power-of-two scale (2^-126 .. 2^113) and a row norm would see only
+    # the largest. The decode is exact, so only the fp32 accumulation order of 64 products differs (about 64 · 2^-24
+    # ≈ 4e-6 relative in the worst case; measured ≤ 3e-7); 1e-5 keeps a margin.
+    col_err = (tri_out.double() - ref_out.double()).norm(dim=0) / ref_out.double().norm(dim=0)
+    assert torch.isfinite(tri_out).all()
+    assert col_err.max().item() <= 1e-5, col_scale[col_err > 1e-5].tolist()
+
+
+# --- empty batch -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["mlp1", "mlp2"])
+def test_empty_batch(variant):
+    shape = MoeShape(M=0, N=96, K=64, E=4, top_k=2)
+    inputs = make_inputs(variant, shape, dtype=torch.float16, device=DEVICE, seed=0)
+    tri_out, plan = launches(variant, inputs, MoeGemmConfig(BLOCK_N=64, BLOCK_K=64))
+    assert plan == []  # nothing to launch
+    tri_out = launch(variant, inputs, MoeGemmConfig(BLOCK_N=64, BLOCK_K=64))
+    ref_out = reference(variant, inputs)
+    if variant == "mlp1":
+        assert tri_out.shape == (0, 48) and tri_out.dtype == torch.float16
+    else:
+        assert tri_out.shape == (0, 96) and tri_out.dtype == torch.float32
+    assert ref_out.shape == tri_out.shape
+
+
+def test_empty_batch_with_out():
+    inputs = make_inputs("mlp1", MoeShape(M=0, N=96, K=64, E=4, top_k=2), dtype=torch.float16, device=DEVICE,
+                         seed=0)
+    out = torch.empty((0, 48), dtype=torch.float16, device=DEVICE)
+    assert launch("mlp1", inputs, MoeGemmConfig(BLOCK_N=64, BLOCK_K=64), out=out) is out
+
+
+# --- every output element is written -----------------------------------------------------------------------------
+_NAN_CONFIGS = [
+    dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, dequant="dot_scaled"),
+    dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, dequant="upcast", schedule="persistent", programs_per_sm=2,
+         GROUP_M=4),
+    dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, dequant="upcast", fuse_swiglu=False),
+    dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, dequant="dot_scaled", fuse_swiglu=False, SPLIT_K=4),
+]
+
+
+@pytest.mark.parametrize("config", _NAN_CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_mlp1_writes_every_element(config):
+    # M=40 (several row blocks per expert), N=160 (N/2 = 80 is not a multiple of BLOCK_N/2).
+    inputs = make_inputs("mlp1", MoeShape(M=40, N=160, K=160, E=5, top_k=2), dtype=torch.float16, device=DEVICE,
+                         seed=301)
+    out = torch.full((80, 80), float("nan"), dtype=torch.float16, device=DEVICE)
+    tri_out = launch("mlp1", inputs, MoeGemmConfig(**config), out=out)
+    assert tri_out is out
+    assert torch.isfinite(tri_out).all(), f"{(~torch.isfinite(tri_out)).sum().item()} elements left unwritten"
+    assert row_rel_err(tri_out, reference("mlp1", inputs)) <= tolerance("mlp1", torch.float16).max_rel_err
+
+
+def test_mlp2_zeroes_a_dirty_out():
+    # mlp2 accumulates atomically into out, so the launcher must zero it: a NaN-filled out must not leak through.
+    inputs = make_inputs("mlp2", MoeShape(M=9, N=96, K=96, E=4, top_k=2), dtype=torch.float16, device=DEVICE,
+                         seed=302)
+    out = torch.full((9, 96), float("nan"), dtype=torch.float32, device=DEVICE)
+    tri_out = launch("mlp2", inputs, MoeGemmConfig(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, SPLIT_K=2), out=out)
+    assert tri_out is out
+    assert torch.isfinite(tri_out).all()
+    assert row_rel_err(tri_out, reference("mlp2", inputs)) <= tolerance("mlp2", torch.float16).max_rel_err
+
+
+@pytest.mark.parametrize("variant, bad_out", [
+    ("mlp1", ((5, 48), torch.float16)),  # wrong row count (R = 6)
+    ("mlp2", ((3, 96), torch.float16)),  # mlp2 out must be float32
+    ("mlp2", ((2, 96), torch.float32)),  # wrong token count
+])
+def test_out_shape_dtype_checked(variant, bad_out):
+    bad_out = torch.empty(bad_out[0], dtype=bad_out[1], device=DEVICE)
+    inputs = make_inputs(variant, MoeShape(M=3, N=96, K=64, E=4, top_k=2), dtype=torch.float16, device=DEVICE,
+                         seed=0)
+    with pytest.raises(ValueError):
+        launches(variant, inputs, MoeGemmConfig(BLOCK_N=64, BLOCK_K=64), out=bad_out)
+
+
+# --- the check can fail ------------------------------------------------------------------------------------------
+def _corrupt_one_scale(inputs: MoeGemmInputs, variant: str, tol: float) -> tuple[MoeGemmInputs, tuple[int, int, int]]:
+    """Add 1 (×2) to one scale byte of a hit expert, choosing the first (expert, n, group) in a fixed order whose
+    effect on the fp32 reference exceeds 10× the tolerance (a SwiGLU saturated at the clamp or at sigmoid ≈ 0 can
+    hide a single column; this picks one that is observable, deterministically)."""
+    ref_clean = reference(variant, inputs)
+    expert = int(inputs.routing.row_expert[0])
+    n_cols, groups = inputs.w_scales.shape[1:]
+    for n, g in itertools.product(range(1, n_cols, 2), range(groups)):  # odd n: mlp1's linear half
+        scales = inputs.w_scales.clone()
+        scales[expert, n, g] += 1
+        bad = dataclasses.replace(inputs, w_scales=scales)
+        if row_rel_err(reference(variant, bad), ref_clean) > 10 * tol:
+            return bad, (expert, n, g)
+    raise AssertionError("no observable scale byte found")
+
+
+@pytest.mark.parametrize("variant, dequant", list(itertools.product(("mlp1", "mlp2"), ("dot_scaled", "upcast"))))
+def test_one_wrong_scale_byte_is_caught(variant, dequant):
+    shape = MoeShape(M=7, N=96, K=96, E=3, top_k=3)
+    inputs = make_inputs(variant, shape, dtype=torch.float16, device=DEVICE, seed=401)
+    tol = tolerance(variant, torch.float16).max_rel_err
+    bad, where = _corrupt_one_scale(inputs, variant, tol)
+    config = MoeGemmConfig(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, dequant=dequant)
+    tri_out = launch(variant, bad, config)
+    err_vs_clean = row_rel_err(tri_out, reference(variant, inputs))
+    assert err_vs_clean > tol, f"scale byte {where} +1 went unnoticed: err {err_vs_clean:.3e} <= tol {tol:.3e}"
+    # And the kernel did read the corrupted byte correctly (it matches the reference of the corrupted weights).
+    assert row_rel_err(tri_out, reference(variant, bad)) <= tol
+
+
+@pytest.mark.parametrize("variant, n_cols", [("mlp1", 5760), ("mlp2", 2880)])
+def test_wrong_scale_group_over_one_tile_is_caught_at_real_dims(variant, n_cols):
+    # Reference-only (no kernel): how strong is the fp16 check at gpt-oss dimensions? A single scale byte off by
+    # one (×2) in mlp1 moves one of 2880 outputs and mostly stays under 4u (measured: caught in ~3% of random
+    # bytes), but a wrong scale group across one 64-column tile (what an indexing bug in a BLOCK_N=64 tile does)
+    # must be caught for every expert/tile/group tried.
+    shape = MoeShape(M=1, N=n_cols, K=2880, E=32, top_k=4)
+    inputs = make_inputs(variant, shape, dtype=torch.float16, device=DEVICE, seed=402)
+    ref_clean = reference(variant, inputs)
+    tol = tolerance(variant, torch.float16).max_rel_err
+    gen = torch.Generator().manual_seed(403)
+    for _ in range(4):
+        expert = int(inputs.routing.row_expert[torch.randint(0, 4, (1,), generator=gen)])
+        n0 = 64 * int(torch.randint(0, n_cols // 64, (1,), generator=gen))
+        g = int(torch.randint(0, 90, (1,), generator=gen))
+        scales = inputs.w_scales.clone()
+        scales[expert, n0:n0 + 64, g] += 1
+        err = row_rel_err(reference(variant, dataclasses.replace(inputs, w_scales=scales)), ref_clean)
+        assert err > tol, (expert, n0, g, err, tol)
+
+
+# --- tolerance values --------------------------------------------------------------------------------------------
+def test_tolerance_values():
+    assert tolerance("mlp1", torch.bfloat16).max_rel_err == 4 * 2.0**-8 == 0.015625
+    assert tolerance("mlp1", torch.bfloat16).max_rel_err < 0.02
+    assert tolerance("mlp1", torch.float16).max_rel_err == 4 * 2.0**-11
+    assert tolerance("mlp1", torch.float32).max_rel_err == 1e-4
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        tol = tolerance("mlp2", dtype)
+        assert tol.max_rel_err == 1e-4
+        assert isinstance(tol.reason, str) and tol.reason
+    assert "roundoff" in tolerance("mlp1", torch.bfloat16).reason
+
+
+# --- config and launcher validation ------------------------------------------------------------------------------
+@pytest.mark.parametrize("params", [
+    dict(BLOCK_M=48),  # not a power of two
+    dict(BLOCK_N=96),
+    dict(BLOCK_K=16),  # power of two but < 32
+    dict(BLOCK_M=8),  # < 16 (tl.dot minimum)
+    dict(GROUP_M=3),
+    dict(num_warps=3),
+    dict(SPLIT_K=3),
+    dict(SPLIT_K=0),
+    dict(BLOCK_M=True),  # bool is not an int here
+    dict(num_stages=0),
+    dict(num_stages=9),
+    dict(schedule="stream-k"),
+    dict(schedule="grid", programs_per_sm=2),
+    dict(schedule="persistent", programs_per_sm=3),
+    dict(dequant="fp8"),
+    dict(fuse_swiglu=1),
+])
+def test_config_validation(params):
+    with pytest.raises(ValueError):
+        MoeGemmConfig(**params)
+
+
+def test_config_from_dict():
+    cfg = moe_gemm.config_from_dict({"BLOCK_M": 32, "schedule": "persistent", "programs_per_sm": 2})
+    assert cfg.BLOCK_M == 32 and cfg.programs_per_sm == 2
+    assert MoeGemmConfig.from_dict(cfg.as_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        moe_gemm.config_from_dict({"BLOCK_Q": 32})
+
+
+def test_mlp1_split_k_needs_unfused_swiglu():
+    inputs = make_inputs("mlp1", MoeShape(M=2, N=64, K=64, E=2, top_k=1), dtype=torch.float16, device=DEVICE, seed=0)
+    config = MoeGemmConfig(BLOCK_N=64, BLOCK_K=32, SPLIT_K=2, fuse_swiglu=True)  # valid as a config ...
+    with pytest.raises(ValueError, match="SPLIT_K"):
+        launches("mlp1", inputs, config)  # ... but not for mlp1
+    # mlp2 ignores fuse_swiglu and accepts it.
+    inputs2 = make_inputs("mlp2", MoeShape(M=2, N=64, K=64, E=2, top_k=1), dtype=torch.float16, device=DEVICE, seed=0)
+    _, plan = launches("mlp2", inputs2, config)
+    assert len(plan) == 1
+
+
+def test_unfused_mlp1_plans_two_launches():
+    inputs = make_inputs("mlp1", MoeShape(M=2, N=64, K=64, E=2, top_k=1), dtype=torch.float16, device=DEVICE, seed=0)
+    _, plan = launches("mlp1", inputs, MoeGemmConfig(BLOCK_N=64, BLOCK_K=32, fuse_swiglu=False))
+    assert [p.kernel.__name__ for p in plan] == ["moe_mxfp4_gemm_kernel", "swiglu_kernel"]
+    _, plan = launches("mlp1", inputs, MoeGemmConfig(BLOCK_N=64, BLOCK_K=32))
+    assert [p.kernel.__name__ for p in plan] == ["moe_mxfp4_gemm_kernel"]
+
+
+def test_launcher_rejects_inconsistent_weights():
+    inputs = make_inputs("mlp2", MoeShape(M=2, N=64, K=64, E=2, top_k=1), dtype=torch.float16, device=DEVICE, seed=0)
+    config = MoeGemmConfig(BLOCK_N=64, BLOCK_K=64)
+    with pytest.raises(TypeError):
+        launches("mlp2", dataclasses.replace(inputs, w_scales=inputs.w_scales.to(torch.int32)), config)
+    with pytest.raises(ValueError):  # weights hold K=32, activations K=64
+        launches("mlp2", dataclasses.replace(inputs, w_blocks=inputs.w_blocks[:, :, :1].contiguous(),
+                                             w_scales=inputs.w_scales[:, :, :1].contiguous()), config)
+    with pytest.raises(ValueError):
+        launches("mlp2", dataclasses.replace(inputs, bias=inputs.bias[:, :32]), config)
+    odd_n = make_inputs("mlp1", MoeShape(M=2, N=48, K=64, E=2, top_k=1), dtype=torch.float16, device=DEVICE, seed=0)
+    odd_n = dataclasses.replace(odd_n, w_blocks=odd_n.w_blocks[:, :47].contiguous(),
+                                w_scales=odd_n.w_scales[:, :47].contiguous(), bias=odd_n.bias[:, :47])
+    with pytest.raises(ValueError, match="even N"):
+        launches("mlp1", odd_n, config)
+
+
+# --- bf16 on a real GPU ------------------------------------------------------------------------------------------
+_GPU_CASES = [
+    dataclasses.replace(c, dtype=torch.bfloat16) for c in _REAL_20B + [_MULTI_BLOCK[0], _MULTI_BLOCK[1],
+                                                                        _MULTI_BLOCK[2], _MULTI_BLOCK[3]]
+]
+if "upcast_ptx" in moe_gemm.config.DEQUANT_PATHS:  # the inline-PTX decode: bf16 on sm_90+ only
+    _GPU_CASES += [dataclasses.replace(c, dtype=torch.bfloat16, config={**c.config, "dequant": "upcast_ptx"})
+                   for c in _REAL_20B + _MULTI_BLOCK[:4]]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", _GPU_CASES, ids=Case.id)
+def test_gpu_bf16(case: Case):
+    check_case(case, device="cuda")

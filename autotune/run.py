@@ -1,8 +1,9 @@
-"""``autotune run``: tune every study of a preset, then export the winners to the table.
+"""``autotune run``: tune every study of a preset, exporting each winner to the table as soon as it is known.
 
 Order of work: start the workers (they report the device) → for each (variant, shape) of the preset: open or resume
 its study, fail and re-queue interrupted trials, queue the default config (trial 0 of a new study) and the user's
-configs, run trials to the budget, re-time the finalists → export. A study already at its budget whose finalists were
+configs, run trials to the budget, re-time the finalists → merge the winner into the table. A study already at its
+budget whose finalists were
 measured under the current fingerprint is skipped, so re-running a finished command costs seconds.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,11 @@ from autotune import fingerprint as fingerprint_mod
 from autotune import presets, registry
 from autotune import study as study_mod
 from autotune.errors import ConfigError
-from autotune.export import best_entry, export
+from autotune.export import best_entry
 from autotune.pool import WorkerPool
 from autotune.progress import StudyProgress
 from autotune.storage import make_sampler, open_storage
+from autotune.table import TableEntry, update_table
 from autotune.tuner import StudyReport, TuneSettings, finalists_current, retime_finalists, run_trials, study_seed
 
 
@@ -53,7 +56,7 @@ def plan_studies(request: RunRequest) -> list[tuple[str, dict[str, int]]]:
 
 
 def run(request: RunRequest) -> list[StudyReport]:
-    """Tune, then export (unless ``request.table`` is None).
+    """Tune each study, merging its winner into ``request.table`` as soon as it is done (unless None).
 
     Returns:
         One :class:`StudyReport` per study.
@@ -81,22 +84,24 @@ def run(request: RunRequest) -> list[StudyReport]:
                 raise ConfigError(f"--enqueue for {request.kernel}/{variant}: {exc}") from exc
             work.append((study_mod.StudyKey.of(request.kernel, variant, shape, device.key), space, user_configs))
         for key, space, user_configs in work:
-            reports.append(_tune_one(key, space, user_configs, pool, device, fingerprint, storage, request))
-    if request.table is not None:
-        for device_key, merge in export(storage, request.table, kernel=request.kernel, device_key=device.key).items():
-            _log(f"table {request.table} [{device_key}]: {len(merge.added)} added, {len(merge.replaced)} replaced, "
-                 f"{len(merge.kept)} kept")
+            report, entry = _tune_one(key, space, user_configs, pool, device, fingerprint, storage, request)
+            reports.append(report)
+            if request.table is not None and entry is not None:  # export as we go: a crash later loses nothing
+                merge = update_table(request.table, device.key, device.as_dict(), [entry])
+                changed = "added" if merge.added else "replaced" if merge.replaced else "kept (faster entry stored)"
+                _log(f"  table {request.table}: {key.name} {changed}")
     return reports
 
 
-def _tune_one(key, space, user_configs, pool, device, fingerprint, storage, request: RunRequest) -> StudyReport:
+def _tune_one(key, space, user_configs, pool, device, fingerprint, storage,
+              request: RunRequest) -> tuple[StudyReport, TableEntry | None]:
     settings = request.settings
     sampler = make_sampler(request.sampler, study_seed(settings.seed, key.name), settings.n_trials)
     study = study_mod.create(storage, key, sampler, device_info=device.as_dict())
     study.set_user_attr("dtype", settings.dtype)
     study.set_user_attr("fingerprint", fingerprint)
     report = StudyReport(name=key.name)
-    report.recovered = study_mod.recover_interrupted(study)
+    report.recovered = study_mod.recover_interrupted(study, timedelta(seconds=3 * settings.trial_timeout_s + 60))
     if report.recovered:
         _log(f"{key.name}: re-queued {len(report.recovered)} trial(s) interrupted by a killed run "
              f"{report.recovered}")
@@ -116,7 +121,7 @@ def _tune_one(key, space, user_configs, pool, device, fingerprint, storage, requ
     if entry is not None:
         report.best_us, report.default_us = entry.median_us, entry.default_median_us
     progress.summary(report)
-    return report
+    return report, entry
 
 
 def summarize(reports: Sequence[StudyReport]) -> str:

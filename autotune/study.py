@@ -89,12 +89,18 @@ def _set_attr(study, trial, key: str, value: Any) -> None:
     study._storage.set_trial_user_attr(trial._trial_id, key, value)  # noqa: SLF001 - Optuna has no public setter
 
 
-def recover_interrupted(study) -> list[int]:
+def recover_interrupted(study, stale_after: timedelta) -> list[int]:
     """Fail the RUNNING trials whose process is gone, and queue their configs again.
 
-    A trial is interrupted when it was asked on this host by a process that no longer runs, or when it has no owner
-    recorded and started more than a minute ago. Trials of live processes or of other hosts are left alone (another
-    tuner may be working on the same storage).
+    A trial is interrupted when it was asked on this host by a process that no longer runs, when it has no owner
+    recorded and started more than a minute ago, or when it started longer than ``stale_after`` ago on any host (no
+    live tuner keeps a trial that long: its worker is killed at the trial timeout; a storage copied from another
+    machine has such trials). Younger trials of live processes or of other hosts are left alone (another tuner may be
+    working on the same storage).
+
+    Args:
+        study: the ``optuna.Study``.
+        stale_after: age past which any RUNNING trial is dead (a few trial timeouts).
 
     Returns:
         The numbers of the trials failed.
@@ -105,9 +111,11 @@ def recover_interrupted(study) -> list[int]:
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid")
-        if host is None or pid is None:
-            started = trial.datetime_start or now
-            orphan = now - started > NO_OWNER_GRACE
+        age = now - (trial.datetime_start or now)
+        if age > stale_after:
+            orphan = True
+        elif host is None or pid is None:
+            orphan = age > NO_OWNER_GRACE
         else:
             orphan = host == HOST and not _pid_alive(int(pid))
         if not orphan:

@@ -15,11 +15,17 @@ from autotune.space import Param, SearchSpace
 POW2_TILES = (16, 32, 64, 128, 256)
 
 
-def _params(variant: str) -> tuple[Param, ...]:
+def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
+    """The tunables at one shape. Tile choices stop where a tile would be mostly padding (BLOCK_M beyond twice the
+    rows per expert, BLOCK_N/BLOCK_K beyond N/K), so the sampler spends no trials there (seen on the H100,
+    2026-11-21: with all five BLOCK_M offered, over 90% of the decode trials were pruned for it)."""
+    block_m = tuple(b for b in POW2_TILES if b <= block_m_limit(shape))
+    block_n = tuple(b for b in POW2_TILES if 32 <= b <= max(32, _next_pow2(shape["N"])))
+    block_k = tuple(b for b in (32, 64, 128, 256) if b <= max(32, _next_pow2(shape["K"])))
     params = [
-        Param("BLOCK_M", POW2_TILES, doc="routed rows per tile"),
-        Param("BLOCK_N", POW2_TILES, doc="output features per tile"),
-        Param("BLOCK_K", (32, 64, 128, 256), doc="K step, a multiple of the MXFP4 group 32"),
+        Param("BLOCK_M", block_m, doc="routed rows per tile"),
+        Param("BLOCK_N", block_n, doc="output features per tile (>= 32: the fused SwiGLU halves it)"),
+        Param("BLOCK_K", block_k, doc="K step, a multiple of the MXFP4 group 32"),
         Param("GROUP_M", (1, 4, 8, 16), doc="row blocks sweeping N together (L2 reuse)"),
         Param("num_warps", (2, 4, 8)),
         Param("num_stages", (1, 2, 3, 4, 5), doc="software-pipelining depth"),
@@ -72,9 +78,14 @@ def fits_shared_memory(config, shape, device) -> str | None:
     return None
 
 
+def block_m_limit(shape: Mapping[str, int]) -> int:
+    """Largest useful BLOCK_M: twice the mean rows per expert, rounded up to a power of two, at least 16."""
+    return max(16, _next_pow2(2 * rows_per_expert(shape)))
+
+
 def block_m_fits_rows(config, shape, device) -> str | None:
-    """BLOCK_M beyond twice the mean rows per expert would be mostly padding."""
-    limit = max(16, _next_pow2(2 * rows_per_expert(shape)))
+    """BLOCK_M beyond twice the mean rows per expert would be mostly padding (for configs given by hand)."""
+    limit = block_m_limit(shape)
     if config["BLOCK_M"] > limit:
         return (f"BLOCK_M={config['BLOCK_M']} > {limit}: about {rows_per_expert(shape):.1f} routed rows per expert, "
                 "the tile would be mostly padding")
@@ -144,4 +155,5 @@ def default(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
 
 def space(variant: str, shape: Mapping[str, int], device) -> SearchSpace:
     """The search space of one variant at one shape on one device."""
-    return SearchSpace(params=_params(variant), constraints=CONSTRAINTS, default=default(variant, shape, device))
+    return SearchSpace(params=_params(variant, shape), constraints=CONSTRAINTS,
+                       default=default(variant, shape, device))

@@ -218,11 +218,14 @@ def unit_study():
     return study, space, running
 
 
+HOUR = timedelta(hours=1)
+
+
 def test_recover_interrupted_dead_pid(unit_study):
     study, space, running = unit_study
     trial = running(None, pid=_dead_pid())
     params, config = dict(trial.params), trial.user_attrs["config"]
-    assert study_mod.recover_interrupted(study) == [trial.number]
+    assert study_mod.recover_interrupted(study, HOUR) == [trial.number]
     frozen = study.get_trials(deepcopy=False)[trial.number]
     assert frozen.state == TrialState.FAIL
     assert frozen.user_attrs["kind"] == "interrupted" and frozen.user_attrs["error"]
@@ -234,25 +237,34 @@ def test_recover_interrupted_dead_pid(unit_study):
     again = study.ask()
     assert config_json(space.suggest(again)) == config
     assert again.user_attrs["source"] == "requeued"
-    assert study_mod.recover_interrupted(study) == []  # the asking process (this one) is alive
+    assert study_mod.recover_interrupted(study, HOUR) == []  # the asking process (this one) is alive
 
 
 def test_recover_interrupted_leaves_live_and_foreign_trials(unit_study):
     study, _, running = unit_study
     live = running(None)  # claimed by this (live) process
     foreign = running(None, host="some-other-host", pid=_dead_pid())
-    assert study_mod.recover_interrupted(study) == []
+    assert study_mod.recover_interrupted(study, HOUR) == []
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     assert states[live.number] == states[foreign.number] == TrialState.RUNNING
+
+
+def test_recover_interrupted_stale_on_any_host(unit_study):
+    study, _, running = unit_study
+    foreign = running(None, host="some-other-host", pid=_dead_pid())
+    live = running(None)  # this live process: stale by age all the same
+    time.sleep(0.02)
+    assert study_mod.recover_interrupted(study, timedelta(milliseconds=10)) == [foreign.number, live.number]
+    assert len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) == 2  # both configs re-queued
 
 
 def test_recover_interrupted_ownerless(unit_study, monkeypatch):
     study, _, _ = unit_study
     trial = study.ask()  # never claimed: no host, pid or config
-    assert study_mod.recover_interrupted(study) == []  # started less than NO_OWNER_GRACE ago
+    assert study_mod.recover_interrupted(study, HOUR) == []  # started less than NO_OWNER_GRACE ago
     monkeypatch.setattr(study_mod, "NO_OWNER_GRACE", timedelta(0))
     time.sleep(0.01)
-    assert study_mod.recover_interrupted(study) == [trial.number]
+    assert study_mod.recover_interrupted(study, HOUR) == [trial.number]
     assert study.get_trials(deepcopy=False)[trial.number].state == TrialState.FAIL
     assert not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))  # no config: nothing to re-queue
 

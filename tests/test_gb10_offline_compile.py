@@ -72,16 +72,23 @@ from search_spaces import moe_gemm as space_mod
 make_meta_inputs = getattr(inputs_mod, "make_meta_inputs", None) or inputs_mod.make_empty_inputs
 
 def probe():
-    # Can Triton produce sm_121 code here at all (ptxas that knows sm_121)?
+    # Can Triton produce sm_121 code here at all (a CUDA backend and a ptxas that knows sm_121)? A trivial kernel
+    # from a temporary module, so that a bug in the project's kernels fails the tests instead of skipping them.
+    import importlib.util, pathlib, tempfile
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from kernels.moe_gemm.triton_kernels import swiglu_kernel
-    sig = {"h_ptr": "*fp32", "out_ptr": "*bf16", "R": "i32", "C": "i32", "stride_h": "i32", "stride_o": "i32",
-           "ALPHA": "constexpr", "LIMIT": "constexpr", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}
-    src = ASTSource(fn=swiglu_kernel, signature=sig,
-                    constexprs={"ALPHA": 1.702, "LIMIT": 7.0, "BLOCK_R": 16, "BLOCK_C": 16})
-    triton.compile(src, target=GPUTarget("cuda", 121, 32), options={"num_warps": 4})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "gb10_probe_kernel.py"
+        path.write_text("import triton\nimport triton.language as tl\n\n@triton.jit\n"
+                        "def probe_kernel(o_ptr, BLOCK: tl.constexpr):\n"
+                        "    tl.store(o_ptr + tl.arange(0, BLOCK), tl.arange(0, BLOCK))\n")
+        spec = importlib.util.spec_from_file_location("gb10_probe_kernel", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        src = ASTSource(fn=module.probe_kernel, signature={"o_ptr": "*i32", "BLOCK": "constexpr"},
+                        constexprs={"BLOCK": 128})
+        triton.compile(src, target=GPUTarget("cuda", 121, 32), options={"num_warps": 4})
 
 def jit_like_shared(kernel, args, kwargs, capability):
     """Shared bytes of the kernel JITFunction.run would compile for these arguments on a real GPU."""

@@ -3,8 +3,8 @@
 Order of work: start the workers (they report the device) → for each (variant, shape) of the preset: open or resume
 its study, fail and re-queue interrupted trials, queue the default config (trial 0 of a new study) and the user's
 configs, run trials to the budget, re-time the finalists → merge the winner into the table. A study already at its
-budget whose finalists were
-measured under the current fingerprint is skipped, so re-running a finished command costs seconds.
+budget whose finalists were measured under the current fingerprint is skipped, so re-running a finished command
+costs seconds.
 """
 
 from __future__ import annotations

@@ -58,6 +58,28 @@ def best_entry(key, study) -> TableEntry | None:
                       study=key.name, trial=int(trial_number), tuned_at=tuned_at, metrics=metrics)
 
 
+def latest_entries(storage, *, kernel: str | None = None,
+                   device_key: str | None = None) -> dict[str, list[tuple[Any, TableEntry]]]:
+    """The table entry of every tuned (kernel, variant, shape) per device, from the newest study when an edited search
+    space made several.
+
+    Returns:
+        device key → list of (:class:`autotune.study.StudyKey`, :class:`TableEntry`).
+    """
+    newest: dict[tuple[str, str], tuple[Any, TableEntry]] = {}
+    for key, study in _load_studies(storage):
+        if (kernel and key.kernel != kernel) or (device_key and key.device_key != device_key):
+            continue
+        entry = best_entry(key, study)
+        slot = (key.device_key, entry.key) if entry is not None else None
+        if entry is not None and (slot not in newest or entry.tuned_at > newest[slot][1].tuned_at):
+            newest[slot] = (key, entry)
+    by_device: dict[str, list[tuple[Any, TableEntry]]] = {}
+    for (dev, _), pair in sorted(newest.items()):
+        by_device.setdefault(dev, []).append(pair)
+    return by_device
+
+
 def export(storage, table_path: Path, *, kernel: str | None = None,
            device_key: str | None = None) -> dict[str, MergeReport]:
     """Merge the best config of every matching study into the table file (atomically, under a lock).
@@ -71,13 +93,10 @@ def export(storage, table_path: Path, *, kernel: str | None = None,
     Returns:
         The merge report per device key.
     """
-    by_device: dict[str, list[TableEntry]] = {}
-    device_info: dict[str, dict[str, Any]] = {}
-    for key, study in _load_studies(storage):
-        if (kernel and key.kernel != kernel) or (device_key and key.device_key != device_key):
-            continue
-        entry = best_entry(key, study)
-        if entry is not None:
-            by_device.setdefault(key.device_key, []).append(entry)
-            device_info[key.device_key] = study.user_attrs.get("device", {})
-    return {dev: update_table(table_path, dev, device_info[dev], entries) for dev, entries in by_device.items()}
+    import optuna
+
+    merges = {}
+    for dev, pairs in latest_entries(storage, kernel=kernel, device_key=device_key).items():
+        device_info = optuna.load_study(study_name=pairs[0][0].name, storage=storage).user_attrs.get("device", {})
+        merges[dev] = update_table(table_path, dev, device_info, [entry for _, entry in pairs])
+    return merges

@@ -7,8 +7,7 @@ import json
 import pandas as pd
 
 from autotune import registry
-from autotune import study as study_mod
-from autotune.export import best_entry
+from autotune.export import latest_entries
 from autotune.space import space_size
 
 
@@ -53,17 +52,9 @@ def studies_frame(storage) -> pd.DataFrame:
 
 def show_frame(storage, kernel: str, device_key: str | None) -> pd.DataFrame:
     """Best config per shape of one kernel: median µs, default µs, speedup, fraction of peak, config."""
-    import optuna
-
     rows = []
-    for name in optuna.get_all_study_names(storage=storage):
-        study = optuna.load_study(study_name=name, storage=storage)
-        key = study_mod.key_of(study.user_attrs)
-        if key is None or key.kernel != kernel or (device_key and key.device_key != device_key):
-            continue
-        entry = best_entry(key, study)
-        if entry is None:
-            continue
+    for key, entry in (pair for pairs in latest_entries(storage, kernel=kernel, device_key=device_key).values()
+                       for pair in pairs):
         rows.append({
             "device": key.device_key, "variant": key.variant, **key.shape_dict,
             "best_us": round(entry.median_us, 2),

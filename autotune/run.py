@@ -82,7 +82,8 @@ def run(request: RunRequest) -> list[StudyReport]:
                 user_configs = [space.validate(config) for config in request.enqueue]
             except ConfigError as exc:
                 raise ConfigError(f"--enqueue for {request.kernel}/{variant}: {exc}") from exc
-            work.append((study_mod.StudyKey.of(request.kernel, variant, shape, device.key), space, user_configs))
+            work.append((study_mod.StudyKey.of(request.kernel, variant, shape, device.key, space.signature()), space,
+                         user_configs))
         for key, space, user_configs in work:
             report, entry = _tune_one(key, space, user_configs, pool, device, fingerprint, storage, request)
             reports.append(report)

@@ -140,6 +140,12 @@ class SearchSpace:
                 return reason
         return None
 
+    def signature(self) -> str:
+        """Short hash of the parameters and their choices. Optuna refuses a categorical whose choices changed inside
+        one study, so a study belongs to one signature: an edited space starts a new study."""
+        spec = [(p.name, [repr(c) for c in p.choices], repr(p.inactive)) for p in self.params]
+        return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:6]
+
     def describe(self) -> list[str]:
         """One line per parameter: name, choices, condition doc."""
         return [f"{p.name}: {list(p.choices)}" + (f"  ({p.doc})" if p.doc else "") for p in self.params]

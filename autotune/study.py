@@ -1,6 +1,7 @@
 """One Optuna study per (kernel, variant, shape, device): names, creation, resume, and how trials are recorded.
 
-Study names read as ``moe_gemm.mlp1.M16_N5760_K2880_E32_top_k4.nvidia-h100-80gb-hbm3-sm90``. The study's user
+Study names read as ``moe_gemm.mlp1.M16_N5760_K2880_E32_top_k4.nvidia-h100-80gb-hbm3-sm90.s1a2b3c`` (the last
+part is the search space's signature: Optuna cannot change a parameter's choices inside a study). The study's user
 attributes hold the kernel, variant, shape, device and, after each run, the re-timed finalists; each trial's user
 attributes hold its full config (JSON), its outcome and its measurements (see :func:`record_result`).
 """
@@ -24,17 +25,18 @@ NO_OWNER_GRACE = timedelta(minutes=1)
 
 @dataclass(frozen=True)
 class StudyKey:
-    """What a study tunes: a kernel variant at a shape on a device."""
+    """What a study tunes: a kernel variant at a shape on a device, over one version of its search space."""
 
     kernel: str
     variant: str
     shape: tuple[tuple[str, int], ...]
     device_key: str
+    space_id: str
 
     @classmethod
-    def of(cls, kernel: str, variant: str, shape: Mapping[str, int], device_key: str) -> StudyKey:
+    def of(cls, kernel: str, variant: str, shape: Mapping[str, int], device_key: str, space_id: str) -> StudyKey:
         """Build from a shape mapping (dimension order is kept)."""
-        return cls(kernel, variant, tuple((k, int(v)) for k, v in shape.items()), device_key)
+        return cls(kernel, variant, tuple((k, int(v)) for k, v in shape.items()), device_key, space_id)
 
     @property
     def shape_dict(self) -> dict[str, int]:
@@ -43,9 +45,9 @@ class StudyKey:
 
     @property
     def name(self) -> str:
-        """``kernel.variant.M16_N5760_...device``."""
+        """``kernel.variant.M16_N5760_...device.s<space>``."""
         dims = "_".join(f"{k}{v}" for k, v in self.shape)
-        return f"{self.kernel}.{self.variant}.{dims}.{self.device_key}"
+        return f"{self.kernel}.{self.variant}.{dims}.{self.device_key}.s{self.space_id}"
 
 
 def create(storage, key: StudyKey, sampler, *, device_info: dict[str, Any]):
@@ -60,7 +62,7 @@ def create(storage, key: StudyKey, sampler, *, device_info: dict[str, Any]):
                                 load_if_exists=True)
     attrs = study.user_attrs
     for name, value in (("kernel", key.kernel), ("variant", key.variant), ("shape", key.shape_dict),
-                        ("device_key", key.device_key), ("device", device_info)):
+                        ("device_key", key.device_key), ("space_id", key.space_id), ("device", device_info)):
         if attrs.get(name) != value:
             study.set_user_attr(name, value)
     return study
@@ -70,7 +72,8 @@ def key_of(study_summary_attrs: Mapping[str, Any]) -> StudyKey | None:
     """The :class:`StudyKey` stored in a study's user attributes, or None for a study this tool did not create."""
     try:
         return StudyKey.of(study_summary_attrs["kernel"], study_summary_attrs["variant"],
-                           study_summary_attrs["shape"], study_summary_attrs["device_key"])
+                           study_summary_attrs["shape"], study_summary_attrs["device_key"],
+                           study_summary_attrs.get("space_id", "0"))
     except (KeyError, TypeError, AttributeError):
         return None
 

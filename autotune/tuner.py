@@ -23,6 +23,9 @@ from autotune import study as study_mod
 from autotune.outcomes import Kind
 from autotune.space import Config, SearchSpace, config_hash
 
+COMPILE_AHEAD = 2
+"""Trials per evaluation worker compiled ahead of it (H100, 2026-11-21: compile ~1 s, check + time ~1 s)."""
+
 MAX_ASKS_PER_TRIAL = 20
 """Give up asking after this many asks per budgeted trial (pruned and duplicate configs cost asks, not budget)."""
 
@@ -132,8 +135,8 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
                on_trial=None, compilers=()) -> None:
     """Ask/evaluate/tell until the budget, the timeout or the ask limit is reached; queued configs always run.
 
-    Up to ``len(workers) + len(compilers)`` trials are in flight: each is compiled by a free compile worker, then
-    checked and timed by a free evaluation worker.
+    Up to ``len(workers) · (1 + COMPILE_AHEAD)`` trials are in flight: each is compiled by a free compile worker,
+    then checked and timed by a free evaluation worker.
 
     Args:
         study: the ``optuna.Study``.
@@ -154,7 +157,9 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
     shape = key.shape_dict
     evaluators = _idle_queue(workers)
     compile_queue = _idle_queue(compilers) if compilers else None
-    max_in_flight = len(workers) + len(compilers)
+    # Compiling ~COMPILE_AHEAD trials per GPU ahead keeps the GPU busy; a deeper queue only delays the stop at the
+    # study's deadline (every trial in flight then still runs) and feeds the sampler staler information.
+    max_in_flight = len(workers) + min(len(compilers), COMPILE_AHEAD * len(workers))
 
     def may_ask() -> bool:
         # Queued configs (default, --enqueue, re-queued after a kill) run even past the budget: they were asked for.

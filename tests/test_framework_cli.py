@@ -203,7 +203,7 @@ def test_malformed_preset_file(capsys, paths, monkeypatch, body):
 def _storage_with_one_study(url: str) -> None:
     storage = open_storage(url)
     key = study_mod.StudyKey.of("moe_gemm", "mlp1", {"M": 1, "N": 128, "K": 64, "E": 4, "top_k": 2},
-                                "triton-interpreter")
+                                "triton-interpreter", "abc123")
     study = study_mod.create(storage, key, optuna.samplers.RandomSampler(seed=0), device_info={"name": "test"})
     trial = study.ask()
     study_mod.claim(trial, {"BLOCK_M": 16})

@@ -48,9 +48,12 @@ class WorkerPool:
         return self.workers[0].device
 
     def close(self) -> None:
-        """Stop every worker."""
-        for worker in self.workers + self.compilers:
-            worker.stop()
+        """Stop every worker, all at once (each may take seconds to exit)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        everyone = self.workers + self.compilers
+        with ThreadPoolExecutor(max_workers=max(1, len(everyone))) as executor:
+            list(executor.map(lambda worker: worker.stop(), everyone))
 
     def __enter__(self) -> WorkerPool:
         return self

@@ -124,7 +124,26 @@ def dequant_supported(config, shape, device) -> str | None:
     return None
 
 
-CONSTRAINTS = (tile_fits_problem, block_m_fits_rows, split_k_useful, fits_shared_memory, dequant_supported)
+MAX_REGISTERS_PER_THREAD = 255
+"""NVIDIA's per-thread register limit (CUDA C Programming Guide, compute capabilities table)."""
+
+
+def accumulator_fits_registers(config, shape, device) -> str | None:
+    """The fp32 accumulator alone must fit a thread's registers, or the kernel spills it to local memory.
+
+    Seen on the H100 (2026-11-21, Triton 3.6): BLOCK 256x256 with 2 warps (1024 accumulator registers per thread)
+    produced NaN in 6% of the mlp2 outputs at M=4096, caught by the correctness check.
+    """
+    per_thread = config["BLOCK_M"] * config["BLOCK_N"] // (32 * config["num_warps"])
+    if per_thread > MAX_REGISTERS_PER_THREAD:
+        return (f"accumulator needs {per_thread} fp32 registers per thread "
+                f"({config['BLOCK_M']}x{config['BLOCK_N']} over {config['num_warps']} warps) > "
+                f"{MAX_REGISTERS_PER_THREAD}")
+    return None
+
+
+CONSTRAINTS = (tile_fits_problem, block_m_fits_rows, split_k_useful, accumulator_fits_registers,
+               fits_shared_memory, dequant_supported)
 
 
 def default(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:

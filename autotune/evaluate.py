@@ -37,6 +37,18 @@ def row_relative_error(out, ref) -> float:
     return float(rel.max()) if rel.numel() else 0.0
 
 
+def element_error(out, ref) -> float:
+    """Largest element error relative to the RMS of its row of ``ref`` (inf where a row of ref is all zero and out
+    differs). Localized errors (one wrong tile) show here much more than in the row norm."""
+    import torch
+
+    diff = (out.float() - ref).reshape(-1, ref.shape[-1]).abs()
+    rms = ref.reshape(-1, ref.shape[-1]).pow(2).mean(dim=-1, keepdim=True).sqrt()
+    rel = torch.where(rms > 0, diff / rms.clamp_min(torch.finfo(torch.float32).tiny),
+                      torch.where(diff > 0, torch.inf, 0.0))
+    return float(rel.max()) if rel.numel() else 0.0
+
+
 class Evaluator:
     """Compiles, checks and times configs of registered kernels on one device; caches timing inputs per shape.
 
@@ -164,6 +176,15 @@ class Evaluator:
         if not err <= tol.max_rel_err:
             info.update(kind=Kind.WRONG_RESULT.value,
                         error=f"max row relative error {err:.3e} > tolerance {tol.max_rel_err:.1e} ({tol.reason})")
+            return info
+        elem_limit = getattr(tol, "max_elem_err", None)
+        if elem_limit is not None:
+            elem = element_error(out, ref)
+            info["max_elem_err"] = elem
+            if not elem <= elem_limit:
+                info.update(kind=Kind.WRONG_RESULT.value,
+                            error=f"max element error {elem:.3e} of the row RMS > tolerance {elem_limit:.1e} "
+                                  f"({tol.reason})")
         return info
 
     def _time(self, kernel, variant, shape, config, dtype, job) -> dict[str, Any]:

@@ -173,7 +173,8 @@ def claim(trial, config: Config) -> None:
     trial.set_user_attr("source", trial.user_attrs.get("source", "sampler"))
 
 
-_RESULT_ATTRS = ("kind", "phase", "error", "compile_s", "shared_bytes", "max_rel_err", "tolerance", "median_us",
+_RESULT_ATTRS = ("kind", "phase", "error", "compile_s", "shared_bytes", "max_rel_err", "max_elem_err", "tolerance",
+                 "median_us",
                  "p20_us", "p80_us", "timing_method", "timing_sets", "tflops", "gbps", "peak_fraction", "flops",
                  "bytes")
 

@@ -112,9 +112,17 @@ def cost(variant: str, shape: MoeShape, experts_hit: float, act_bytes: int, bias
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Largest accepted row-wise relative error ``max_r ‖out_r − ref_r‖ / ‖ref_r‖`` and why that value."""
+    """Accepted error against the fp32 reference, and why.
+
+    Attributes:
+        max_rel_err: largest row-wise relative error ``max_r ‖out_r − ref_r‖ / ‖ref_r‖``.
+        max_elem_err: largest element error relative to its row's RMS, ``max |out − ref| / rms(ref_r)``; catches an
+            error confined to a few columns (one bad tile) that the row norm dilutes.
+        reason: where the numbers come from.
+    """
 
     max_rel_err: float
+    max_elem_err: float
     reason: str
 
 
@@ -124,11 +132,14 @@ _UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float3
 def tolerance(variant: str, dtype: torch.dtype) -> Tolerance:
     """Accepted error of the kernel against the fp32 reference, per variant and activation dtype.
 
-    The weights decode exactly into bf16/fp16/fp32 and the reference sees the same rounded activations, so the
-    only error sources are the fp32 accumulation order (~1e-6 here) and, for mlp1, the rounding of its output to the
-    activation dtype (row-wise RMS about u/√3 for unit roundoff u, elementwise at most u), doubled when the unfused
-    path also rounds h before the SwiGLU. Tolerances take 4u for mlp1 (≈ 4× the rounding bound) and 1e-4 for the
-    float32 mlp2 output; a lost K block of 45 or a wrong row gives ≥ 0.1 and fails either.
+    The weights decode exactly and the reference sees the same rounded activations, so the error comes from the fp32
+    accumulation order (~1e-7 relative) and, for mlp1, from rounding its output (and, unfused, h) to the activation
+    dtype: row-wise about u/√3 for unit roundoff u, elementwise at most u·max|ref_r|/rms(ref_r) ≈ 4u. Measured on the
+    H100 (2026-11-21, ~600 trials of the gpt_oss_20b preset, bf16): mlp1 row error ≤ 1.81e-3 fused, ≤ 2.82e-3 unfused
+    (0.72u); mlp2 ≤ 7.9e-7. Limits: mlp1 3u per row and 8u per element; mlp2 1e-5 per row and 1e-4 per element. A
+    doubled scale byte across one 64-column tile at gpt-oss sizes gives ~1e-2 per row but 0.1–0.4 per element, so the
+    element limit is what catches a tile-local bug. fp32 activations: 1e-3 / 1e-2, since ``tl.dot`` on GPUs rounds
+    fp32 operands to tf32 (10-bit mantissa).
 
     Args:
         variant: "mlp1" or "mlp2".
@@ -138,6 +149,9 @@ def tolerance(variant: str, dtype: torch.dtype) -> Tolerance:
         The :class:`Tolerance`.
     """
     unit = _UNIT_ROUNDOFF[dtype]
-    if variant == "mlp1" and dtype != torch.float32:
-        return Tolerance(4 * unit, f"{dtype} output rounding (unit roundoff {unit:.2e}) on h and the SwiGLU output")
-    return Tolerance(1e-4, "float32 output; error from accumulation order only")
+    if dtype == torch.float32:
+        return Tolerance(1e-3, 1e-2, "fp32 operands: tl.dot rounds them to tf32 on GPUs")
+    if variant == "mlp1":
+        return Tolerance(3 * unit, 8 * unit,
+                         f"{dtype} output rounding (unit roundoff {unit:.2e}) of h and of the SwiGLU output")
+    return Tolerance(1e-5, 1e-4, "float32 output; error from accumulation order only (measured <= 7.9e-7 per row)")

@@ -334,46 +334,46 @@ def test_one_wrong_scale_byte_is_caught(variant, dequant):
     assert row_rel_err(tri_out, reference(variant, bad)) <= tol
 
 
-@pytest.mark.parametrize("variant, n_cols", [("mlp1", 5760), ("mlp2", 2880)])
-def test_wrong_scale_group_over_one_tile_is_caught_at_real_dims(variant, n_cols):
-    # Reference-only (no kernel): how strong is the fp16 check at gpt-oss dimensions? A single scale byte off by
-    # one (×2) in mlp1 moves one of 2880 outputs and mostly stays under 4u (measured: caught in ~3% of random
-    # bytes), but a wrong scale group across one 64-column tile (what an indexing bug in a BLOCK_N=64 tile does)
-    # must be caught for every expert/tile/group tried.
-    shape = MoeShape(M=1, N=n_cols, K=2880, E=32, top_k=4)
-    inputs = make_inputs(variant, shape, dtype=torch.float16, device=DEVICE, seed=402)
-    ref_clean = reference(variant, inputs)
-    tol = tolerance(variant, torch.float16).max_rel_err
-    gen = torch.Generator().manual_seed(403)
+def _one_tile_corruptions(inputs: MoeGemmInputs, n_cols: int, seed: int):
+    """Four copies of ``inputs`` with one scale group doubled (+1) across one 64-column tile of a hit expert, at
+    random (expert, tile, group): what an indexing bug in a BLOCK_N=64 tile does."""
+    gen = torch.Generator().manual_seed(seed)
     for _ in range(4):
         expert = int(inputs.routing.row_expert[torch.randint(0, 4, (1,), generator=gen)])
         n0 = 64 * int(torch.randint(0, n_cols // 64, (1,), generator=gen))
         g = int(torch.randint(0, 90, (1,), generator=gen))
         scales = inputs.w_scales.clone()
         scales[expert, n0:n0 + 64, g] += 1
-        err = row_rel_err(reference(variant, dataclasses.replace(inputs, w_scales=scales)), ref_clean)
-        assert err > tol, (expert, n0, g, err, tol)
+        yield dataclasses.replace(inputs, w_scales=scales), (expert, n0, g)
+
+
+@pytest.mark.parametrize("variant, n_cols", [("mlp1", 5760), ("mlp2", 2880)])
+def test_wrong_scale_group_over_one_tile_is_caught_at_real_dims(variant, n_cols):
+    # Reference-only (no kernel): how strong is the fp16 row check at gpt-oss dimensions? A single scale byte off by
+    # one (×2) in mlp1 moves one of 2880 outputs and mostly stays under the row limit, but a wrong scale group across
+    # one 64-column tile must be caught for every expert/tile/group tried.
+    inputs = make_inputs(variant, MoeShape(M=1, N=n_cols, K=2880, E=32, top_k=4), dtype=torch.float16,
+                         device=DEVICE, seed=402)
+    ref_clean = reference(variant, inputs)
+    tol = tolerance(variant, torch.float16).max_rel_err
+    for bad, where in _one_tile_corruptions(inputs, n_cols, seed=403):
+        err = row_rel_err(reference(variant, bad), ref_clean)
+        assert err > tol, (where, err, tol)
 
 
 @pytest.mark.parametrize("variant, n_cols", [("mlp1", 5760), ("mlp2", 2880)])
 def test_element_limit_catches_one_bad_tile_in_bf16(variant, n_cols):
     # The bf16 row limit (3u = 1.2e-2) is about what one doubled scale group over a 64-column tile does to a row at
-    # gpt-oss sizes; the element limit (8u) must catch it for certain. Reference-only (bf16 inputs, fp32 math).
+    # gpt-oss sizes; the element limit (8u) must catch it with margin. Reference-only (bf16 inputs, fp32 math).
     from autotune.evaluate import element_error
 
-    shape = MoeShape(M=1, N=n_cols, K=2880, E=32, top_k=4)
-    inputs = make_inputs(variant, shape, dtype=torch.bfloat16, device="cpu", seed=404)
+    inputs = make_inputs(variant, MoeShape(M=1, N=n_cols, K=2880, E=32, top_k=4), dtype=torch.bfloat16,
+                         device="cpu", seed=404)
     ref_clean = reference(variant, inputs)
-    tol = tolerance(variant, torch.bfloat16)
-    gen = torch.Generator().manual_seed(405)
-    for _ in range(4):
-        expert = int(inputs.routing.row_expert[torch.randint(0, 4, (1,), generator=gen)])
-        n0 = 64 * int(torch.randint(0, n_cols // 64, (1,), generator=gen))
-        g = int(torch.randint(0, 90, (1,), generator=gen))
-        scales = inputs.w_scales.clone()
-        scales[expert, n0:n0 + 64, g] += 1
-        err = element_error(reference(variant, dataclasses.replace(inputs, w_scales=scales)), ref_clean)
-        assert err > 2 * tol.max_elem_err, (expert, n0, g, err, tol)
+    tol = tolerance(variant, torch.bfloat16).max_elem_err
+    for bad, where in _one_tile_corruptions(inputs, n_cols, seed=405):
+        err = element_error(reference(variant, bad), ref_clean)
+        assert err > 2 * tol, (where, err, tol)
 
 
 # --- tolerance values --------------------------------------------------------------------------------------------

@@ -7,12 +7,10 @@ features, G = K / 32.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 import triton
 
+from kernels.launch_plan import KernelLaunch
 from kernels.moe_gemm.config import MoeGemmConfig
 from kernels.moe_gemm.triton_kernels import DEQUANT_CODES, moe_mxfp4_gemm_kernel, swiglu_kernel
 from kernels.moe_routing import Routing, max_row_blocks
@@ -36,26 +34,6 @@ def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return _INTERPRETER_SMS
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-
-
-@dataclass(frozen=True)
-class KernelLaunch:
-    """One Triton launch: ``kernel[grid](*args, **kwargs)``; kwargs hold the constexprs and num_warps/num_stages."""
-
-    kernel: Any
-    grid: tuple[int, ...]
-    args: tuple
-    kwargs: dict
-
-    def run(self, *, compile_only: bool = False) -> Any:
-        """Launch, or with ``compile_only`` compile into Triton's cache without running (GPU only).
-
-        Returns:
-            What Triton returns: the compiled kernel (metadata such as ``shared`` bytes), or None in the interpreter.
-        """
-        if compile_only:
-            return self.kernel.warmup(*self.args, grid=self.grid, **self.kwargs)
-        return self.kernel[self.grid](*self.args, **self.kwargs)
 
 
 def _check_weights(w_blocks: torch.Tensor, w_scales: torch.Tensor, bias: torch.Tensor, k: int) -> tuple[int, int]:

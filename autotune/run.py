@@ -100,6 +100,9 @@ def _tune_one(key, space, user_configs, pool, device, fingerprint, storage,
     sampler = make_sampler(request.sampler, study_seed(settings.seed, key.name), settings.n_trials)
     study = study_mod.create(storage, key, sampler, device_info=device.as_dict())
     study.set_user_attr("dtype", settings.dtype)
+    changed = fingerprint_mod.stale_fields(study.user_attrs.get("fingerprint") or fingerprint, fingerprint)
+    if changed:
+        _log(f"{key.name}: last tuned under another {', '.join(changed)}; its finalists will be re-timed now")
     study.set_user_attr("fingerprint", fingerprint)
     report = StudyReport(name=key.name)
     report.recovered = study_mod.recover_interrupted(study, timedelta(seconds=3 * settings.trial_timeout_s + 60))

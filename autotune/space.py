@@ -146,9 +146,6 @@ class SearchSpace:
         spec = [(p.name, [repr(c) for c in p.choices], repr(p.inactive)) for p in self.params]
         return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:6]
 
-    def describe(self) -> list[str]:
-        """One line per parameter: name, choices, condition doc."""
-        return [f"{p.name}: {list(p.choices)}" + (f"  ({p.doc})" if p.doc else "") for p in self.params]
 
 
 def space_size(params: Sequence[Param]) -> int:

@@ -10,7 +10,6 @@ takes wall-clock medians of a few calls (meaningless as GPU numbers, useful to e
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,7 +82,3 @@ def median_us(calls: Sequence[Callable[[], object]], *, on_gpu: bool, rep_ms: fl
     median, p20, p80 = _quantiles_us(samples, len(calls))
     return Timing(median, p20, p80, method, len(calls))
 
-
-def spread(values: Sequence[float]) -> float:
-    """Relative spread (max − min) / median of repeated measurements of one thing."""
-    return (max(values) - min(values)) / statistics.median(values) if values else 0.0

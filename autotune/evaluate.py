@@ -25,28 +25,27 @@ def _dtype(name: str):
     return getattr(torch, name)
 
 
+def _max_ratio(error, scale) -> float:
+    """Largest ``error / scale`` (broadcast), where a zero scale counts as inf if its error is not 0; 0 if empty."""
+    import torch
+
+    rel = torch.where(scale > 0, error / scale.clamp_min(torch.finfo(torch.float32).tiny),
+                      torch.where(error > 0, torch.inf, 0.0))
+    return float(rel.max()) if rel.numel() else 0.0
+
+
 def row_relative_error(out, ref) -> float:
     """Largest row-wise relative error ``max_r ‖out_r − ref_r‖₂ / ‖ref_r‖₂`` (inf if a row of ref is 0 but out is
     not). Rows are the last dimension's vectors: one token or one routed row."""
-    import torch
-
     diff = (out.float() - ref).reshape(-1, ref.shape[-1]).norm(dim=-1)
-    scale = ref.reshape(-1, ref.shape[-1]).norm(dim=-1)
-    rel = torch.where(scale > 0, diff / scale.clamp_min(torch.finfo(torch.float32).tiny),
-                      torch.where(diff > 0, torch.inf, 0.0))
-    return float(rel.max()) if rel.numel() else 0.0
+    return _max_ratio(diff, ref.reshape(-1, ref.shape[-1]).norm(dim=-1))
 
 
 def element_error(out, ref) -> float:
     """Largest element error relative to the RMS of its row of ``ref`` (inf where a row of ref is all zero and out
     differs). Localized errors (one wrong tile) show here much more than in the row norm."""
-    import torch
-
     diff = (out.float() - ref).reshape(-1, ref.shape[-1]).abs()
-    rms = ref.reshape(-1, ref.shape[-1]).pow(2).mean(dim=-1, keepdim=True).sqrt()
-    rel = torch.where(rms > 0, diff / rms.clamp_min(torch.finfo(torch.float32).tiny),
-                      torch.where(diff > 0, torch.inf, 0.0))
-    return float(rel.max()) if rel.numel() else 0.0
+    return _max_ratio(diff, ref.reshape(-1, ref.shape[-1]).pow(2).mean(dim=-1, keepdim=True).sqrt())
 
 
 class Evaluator:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from autotune import study as study_mod
 from autotune.table import MergeReport, TableEntry, update_table
@@ -58,23 +58,31 @@ def best_entry(key, study) -> TableEntry | None:
                       study=key.name, trial=int(trial_number), tuned_at=tuned_at, metrics=metrics)
 
 
+class Tuned(NamedTuple):
+    """The winner of one study: its key, its table entry and the device info stored on the study."""
+
+    key: Any
+    entry: TableEntry
+    device_info: dict[str, Any]
+
+
 def latest_entries(storage, *, kernel: str | None = None,
-                   device_key: str | None = None) -> dict[str, list[tuple[Any, TableEntry]]]:
+                   device_key: str | None = None) -> dict[str, list[Tuned]]:
     """The table entry of every tuned (kernel, variant, shape) per device, from the newest study when an edited search
     space made several.
 
     Returns:
-        device key → list of (:class:`autotune.study.StudyKey`, :class:`TableEntry`).
+        device key → list of :class:`Tuned`.
     """
-    newest: dict[tuple[str, str], tuple[Any, TableEntry]] = {}
+    newest: dict[tuple[str, str], Tuned] = {}
     for key, study in _load_studies(storage):
         if (kernel and key.kernel != kernel) or (device_key and key.device_key != device_key):
             continue
         entry = best_entry(key, study)
         slot = (key.device_key, entry.key) if entry is not None else None
-        if entry is not None and (slot not in newest or entry.tuned_at > newest[slot][1].tuned_at):
-            newest[slot] = (key, entry)
-    by_device: dict[str, list[tuple[Any, TableEntry]]] = {}
+        if entry is not None and (slot not in newest or entry.tuned_at > newest[slot].entry.tuned_at):
+            newest[slot] = Tuned(key, entry, study.user_attrs.get("device", {}))
+    by_device: dict[str, list[Tuned]] = {}
     for (dev, _), pair in sorted(newest.items()):
         by_device.setdefault(dev, []).append(pair)
     return by_device
@@ -93,10 +101,5 @@ def export(storage, table_path: Path, *, kernel: str | None = None,
     Returns:
         The merge report per device key.
     """
-    import optuna
-
-    merges = {}
-    for dev, pairs in latest_entries(storage, kernel=kernel, device_key=device_key).items():
-        device_info = optuna.load_study(study_name=pairs[0][0].name, storage=storage).user_attrs.get("device", {})
-        merges[dev] = update_table(table_path, dev, device_info, [entry for _, entry in pairs])
-    return merges
+    return {dev: update_table(table_path, dev, tuned[-1].device_info, [t.entry for t in tuned])
+            for dev, tuned in latest_entries(storage, kernel=kernel, device_key=device_key).items()}

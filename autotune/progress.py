@@ -6,6 +6,8 @@ import sys
 
 from tqdm import tqdm
 
+from autotune.tuner import measured_count
+
 
 class StudyProgress:
     """Progress of one study: measured trials against the budget, best and default median µs so far."""
@@ -13,8 +15,7 @@ class StudyProgress:
     def __init__(self, study, name: str, budget: int) -> None:
         from optuna.trial import TrialState
 
-        done = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-                   if "duplicate_of" not in t.user_attrs)
+        done = measured_count(study)
         self.name = name
         self.best: float | None = None
         self.default: float | None = None

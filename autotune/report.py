@@ -53,8 +53,8 @@ def studies_frame(storage) -> pd.DataFrame:
 def show_frame(storage, kernel: str, device_key: str | None) -> pd.DataFrame:
     """Best config per shape of one kernel: median µs, default µs, speedup, fraction of peak, config."""
     rows = []
-    for key, entry in (pair for pairs in latest_entries(storage, kernel=kernel, device_key=device_key).values()
-                       for pair in pairs):
+    for key, entry, _ in (tuned for per_device in latest_entries(storage, kernel=kernel, device_key=device_key).values()
+                          for tuned in per_device):
         rows.append({
             "device": key.device_key, "variant": key.variant, **key.shape_dict,
             "best_us": round(entry.median_us, 2),

@@ -147,7 +147,6 @@ class SearchSpace:
         return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:6]
 
 
-
 def space_size(params: Sequence[Param]) -> int:
     """Number of configs if every parameter were active (an upper bound on the space)."""
     size = 1

@@ -174,9 +174,8 @@ def claim(trial, config: Config) -> None:
 
 
 _RESULT_ATTRS = ("kind", "phase", "error", "compile_s", "shared_bytes", "max_rel_err", "max_elem_err", "tolerance",
-                 "median_us",
-                 "p20_us", "p80_us", "timing_method", "timing_sets", "tflops", "gbps", "peak_fraction", "flops",
-                 "bytes")
+                 "median_us", "p20_us", "p80_us", "timing_method", "timing_sets", "tflops", "gbps", "peak_fraction",
+                 "flops", "bytes")
 
 
 def record_result(study, trial, result: Mapping[str, Any]):

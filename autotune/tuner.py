@@ -78,7 +78,7 @@ def study_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31
 
 
-def _measured_count(study) -> int:
+def measured_count(study) -> int:
     """Trials that used budget: measured (COMPLETE or FAIL), not repeats, not interrupted by a killed run."""
     from optuna.trial import TrialState
 
@@ -151,7 +151,7 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
     """
     deadline = time.monotonic() + settings.timeout_s if settings.timeout_s else None
     completed = _completed_by_hash(study)
-    measured = _measured_count(study)
+    measured = measured_count(study)
     asks = 0
     pending: dict = {}
     shape = key.shape_dict

@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-import triton.testing  # noqa: E402
 
 import kernels.moe_gemm as moe  # noqa: E402
 from autotune import device as device_mod  # noqa: E402
 from autotune import nvml_readings, registry  # noqa: E402
 from autotune.evaluate import row_relative_error  # noqa: E402
+from autotune.peaks import measure_peaks  # noqa: E402
 from autotune.runtime import open_table  # noqa: E402
 from autotune.timing import median_us  # noqa: E402
 from kernels.moe_routing import route  # noqa: E402
@@ -38,18 +38,6 @@ from scripts.moe_baselines import dequantized_weights, grouped_mm_call, per_expe
 
 MODELS = {"20b": 32, "120b": 128}
 M_VALUES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-
-
-def measure_peaks() -> tuple[float, float]:
-    """(copy GB/s counting bytes read + written over a 1 GiB buffer, bf16 8192³ matmul TFLOP/s on random data)."""
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda").random_()
-    dst = torch.empty_like(src)
-    copy_ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
-    del src, dst
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    mm_ms = triton.testing.do_bench(lambda: a @ b, warmup=50, rep=300, return_mode="median")
-    return 2 * 2**30 / copy_ms / 1e6, 2 * 8192**3 / mm_ms / 1e9
 
 
 def _kernel_calls(variant, sets, config):

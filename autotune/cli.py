@@ -1,4 +1,4 @@
-"""Command line: ``python -m autotune {run,list,show,export}``. One function per subcommand; defaults come from
+"""Command line: ``python -m autotune {run,list,show,export,generate,bench-model}``. One function per subcommand; defaults come from
 :mod:`autotune.defaults` only. User errors print one line on stderr and exit with code 2 (no traceback)."""
 
 from __future__ import annotations
@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--storage", default=defaults.STORAGE, help="Optuna storage URL, or journal:PATH "
                        "(default: %(default)s)")
 
+    def table_args(p):
+        p.add_argument("--table", help=f"lookup table to read (default: {defaults.TABLE})")
+        p.add_argument("--no-table", action="store_true", help="use the default configs (ignore the table)")
+        p.add_argument("--kv-dtype", choices=("act", "fp8"),
+                       help="KV cache storage: activation dtype or fp8 e4m3 (default: the table's choice)")
+        p.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps eagerly")
+
     run = sub.add_parser("run", help="tune a kernel over a preset's shapes, then export the table")
     run.add_argument("kernel", help="registered kernel, e.g. moe_gemm")
     run.add_argument("--preset", help=f"preset name in studies/presets or a TOML path (default: "
@@ -202,6 +209,38 @@ def build_parser() -> argparse.ArgumentParser:
     storage_arg(exp)
     exp.add_argument("--table", default=str(defaults.TABLE), help="table file (default: %(default)s)")
     exp.add_argument("--device", help="only this device key")
+
+    gen = sub.add_parser("generate", help="generate tokens from a gpt-oss checkpoint with the tuned kernels")
+    gen.add_argument("--checkpoint", required=True, help="original-layout checkpoint folder (config.json + "
+                     "*.safetensors, or a folder with original/)")
+    prompt = gen.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text (needs tiktoken's o200k_harmony encoding)")
+    prompt.add_argument("--prompt-ids", help='prompt token ids, e.g. "1 2 3"')
+    gen.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS,
+                     help="tokens to generate (default: %(default)s)")
+    gen.add_argument("--temperature", type=float, default=defaults.TEMPERATURE,
+                     help="0 = greedy (default: %(default)s)")
+    gen.add_argument("--top-p", type=float, default=defaults.TOP_P, help="nucleus sampling mass (default: "
+                     "%(default)s)")
+    gen.add_argument("--seed", type=int, help="sampling seed")
+    table_args(gen)
+    gen.add_argument("--json", dest="as_json", action="store_true",
+                     help="print one JSON object (prompt_ids, generated_ids, text, timings)")
+
+    bm = sub.add_parser("bench-model", help="end-to-end tok/s (pp/tg), TTFT, TPOT, memory; table vs no table")
+    source = bm.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="original-layout checkpoint folder")
+    source.add_argument("--random", choices=("20b", "120b"), help="random weights of this size, made on the device")
+    bm.add_argument("--layers", type=int, help="with --random: fewer layers (same widths)")
+    bm.add_argument("--tests", default=defaults.BENCH_TESTS, help="llama-bench tests (default: %(default)s)")
+    bm.add_argument("--runs", type=int, default=defaults.BENCH_RUNS, help="timed runs per test (default: %(default)s)")
+    bm.add_argument("--table", help=f"lookup table to read (default: {defaults.TABLE})")
+    bm.add_argument("--kv-dtype", choices=("act", "fp8"), help="KV cache storage (default: the table's choice)")
+    bm.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps eagerly")
+    bm.add_argument("--profile", action="store_true", help="per-stage GPU time of one decode step and one prefill")
+    bm.add_argument("--out", help="also write the markdown report to this file")
+    bm.add_argument("--seed", type=int, default=defaults.SEED, help="random weights and prompts (default: "
+                    "%(default)s)")
     return parser
 
 
@@ -212,7 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "export": cmd_export}
+    from autotune.model.commands import cmd_bench_model, cmd_generate
+
+    handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "export": cmd_export, "generate": cmd_generate,
+                "bench-model": cmd_bench_model}
     try:
         return handlers[command](**args)
     except UserError as exc:

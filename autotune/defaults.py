@@ -46,3 +46,15 @@ MAX_COMPILE_WORKERS = 8
 def compile_workers() -> int:
     """Compile-ahead processes: half the CPU cores (Triton compiles on one core each), at most 8."""
     return max(1, min(MAX_COMPILE_WORKERS, (os.cpu_count() or 2) // 2))
+
+
+MAX_NEW_TOKENS = 32
+"""``generate``: tokens generated per prompt."""
+
+TEMPERATURE = 0.0
+TOP_P = 1.0
+"""``generate``: greedy by default; ``--temperature`` > 0 samples (nucleus ``--top-p``)."""
+
+BENCH_TESTS = "pp512,pp2048,tg32,tg128"
+BENCH_RUNS = 5
+"""``bench-model``: llama-bench tests and timed runs per test (mean ± std over the runs)."""

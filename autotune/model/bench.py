@@ -1,0 +1,266 @@
+"""``bench-model``: end-to-end throughput of the built-in loop, with the tuned table and without it.
+
+llama-bench conventions (llama.cpp ``tools/llama-bench``): ``ppN`` is the prompt-processing rate of one N-token
+prompt (tokens / prefill seconds), ``tgN`` the generation rate of N decode steps after a one-token prompt (tokens /
+decode seconds, CUDA graphs on GPUs); each is the mean ± sample standard deviation over ``runs`` timed runs after
+one warm-up run. TTFT is the prefill time of the longest pp prompt plus the first token's selection; TPOT the mean
+decode step of the longest tg run. ``--profile`` attributes one eager decode step's and one prefill's GPU time to
+the forward pass's stages (:data:`autotune.model.model.STAGES`) with ``torch.profiler`` and gives each stage's
+achieved GB/s and TFLOP/s from the byte and FLOP counts of :func:`stage_costs`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from autotune.model.generate import DecodeRunner
+from autotune.model.model import STAGES, GptOss
+from kernels.moe_gemm import MoeShape
+from kernels.moe_gemm.reference import cost as moe_cost
+
+
+@dataclass
+class TestResult:
+    """One llama-bench test (``pp512``, ``tg128``...): per-run tokens/s."""
+
+    name: str
+    tokens: int
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def rates(self) -> list[float]:
+        """tokens/s of each timed run."""
+        return [self.tokens / s for s in self.seconds]
+
+    @property
+    def mean(self) -> float:
+        """Mean tokens/s."""
+        return statistics.fmean(self.rates)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation of tokens/s (0 for one run)."""
+        return statistics.stdev(self.rates) if len(self.rates) > 1 else 0.0
+
+
+def parse_tests(text: str) -> list[tuple[str, int]]:
+    """``"pp512,tg128"`` → ``[("pp", 512), ("tg", 128)]``.
+
+    Raises:
+        ValueError: a part that is not ``pp<N>`` or ``tg<N>`` with N ≥ 1.
+    """
+    tests = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, count = part[:2], part[2:]
+        if kind not in ("pp", "tg") or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"test {part!r} must be pp<N> or tg<N> with N >= 1, e.g. pp512,tg128")
+        tests.append((kind, int(count)))
+    if not tests:
+        raise ValueError("no tests given, e.g. pp512,tg128")
+    return tests
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def run_prefill_test(model: GptOss, tokens: int, runs: int, *, seed: int = 0) -> TestResult:
+    """``pp<tokens>``: batch-1 prefill of a random prompt into a fresh cache, one warm-up + ``runs`` timed runs."""
+    generator = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, model.config.vocab_size, (1, tokens), generator=generator).to(model.device)
+    cache = model.new_cache(1, tokens, model.configs.kv_dtype or "act")
+    result = TestResult(f"pp{tokens}", tokens)
+    for run in range(runs + 1):
+        cache.reset()
+        _sync(model.device)
+        start = time.perf_counter()
+        logits = model.prefill(prompt, cache)
+        torch.argmax(logits, dim=-1)
+        _sync(model.device)
+        if run:
+            result.seconds.append(time.perf_counter() - start)
+    return result
+
+
+@torch.inference_mode()
+def run_decode_test(model: GptOss, steps: int, runs: int, *, cuda_graphs: bool = True) -> TestResult:
+    """``tg<steps>``: after a one-token prompt, ``steps`` greedy decode steps (argmax fed back on the device, no
+    host sync inside the timed loop); one warm-up run (compiles, captures graphs) + ``runs`` timed runs."""
+    cache = model.new_cache(1, steps + 1, model.configs.kv_dtype or "act")
+    runner = DecodeRunner(model, cache, cuda_graphs=cuda_graphs)
+    first = torch.zeros(1, 1, dtype=torch.int64, device=model.device)
+    result = TestResult(f"tg{steps}", steps)
+    for run in range(runs + 1):
+        cache.reset()
+        runner.tokens.copy_(torch.argmax(model.prefill(first, cache), dim=-1))
+        _sync(model.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            logits = runner.step()
+            runner.tokens.copy_(torch.argmax(logits, dim=-1))
+        _sync(model.device)
+        if run:
+            result.seconds.append(time.perf_counter() - start)
+    return result
+
+
+def expected_experts_hit(tokens: int, experts: int, top_k: int) -> float:
+    """Distinct experts hit by ``tokens`` tokens under uniform routing: E·(1 − (1 − k/E)^T)."""
+    return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
+
+
+def stage_costs(model: GptOss, *, tokens: int, context: int, decode: bool) -> dict[str, tuple[float, float]]:
+    """Fewest bytes and FLOPs of each stage of one forward pass, summed over layers.
+
+    Args:
+        model: the model (its config and activation dtype).
+        tokens: N, the tokens of the pass (prefill: prompt length at batch 1; decode: the batch).
+        context: keys a query can see at most (decode: the cache length; prefill: the prompt length).
+        decode: a decode step (attention reads the cache) or a prefill from position 0.
+
+    Returns:
+        stage name → (bytes, FLOPs). Stages without a count (embedding lookup, RoPE, routing prep) are absent.
+    """
+    c = model.config
+    act = torch.finfo(model.act_dtype).bits // 8
+    layers, H, E, k = c.num_hidden_layers, c.hidden_size, c.num_experts, c.experts_per_token
+    costs: dict[str, tuple[float, float]] = {}
+    costs["attn_norm_qkv"] = (layers * (c.qkv_size * (H + 1) * act + tokens * (H + c.qkv_size) * act),
+                              layers * 2.0 * tokens * H * c.qkv_size)
+    costs["attn_out"] = (layers * (H * (c.q_size + 1) * act + tokens * (c.q_size + 2 * H) * act),
+                         layers * 2.0 * tokens * c.q_size * H)
+    costs["mlp_norm_router"] = (layers * (E * (H + 1) * act + tokens * H * act * 2),
+                                layers * 2.0 * tokens * H * E)
+    hit = expected_experts_hit(tokens, E, k)
+    for variant in ("mlp1", "mlp2"):
+        shape = MoeShape.for_variant(variant, M=tokens, hidden=H, intermediate=c.intermediate_size, E=E, top_k=k)
+        one = moe_cost(variant, shape, hit, act, act)
+        costs[f"moe_{variant}"] = (layers * one.bytes, layers * one.flops)
+    kv_row = 2 * c.kv_size * act  # K and V bytes per cached token (activation-dtype cache)
+    att_bytes = att_flops = 0.0
+    for n in range(layers):
+        window = c.window(n)
+        if decode:
+            keys = min(context, window) if window else context
+            att_bytes += tokens * (keys * kv_row + 2 * c.q_size * act)
+            att_flops += tokens * 4.0 * c.q_size * keys
+        else:
+            visible = sum(min(q + 1, window) if window else q + 1 for q in range(context))
+            att_bytes += tokens * (kv_row + 2 * c.q_size * act)
+            att_flops += 4.0 * c.q_size * visible
+    costs["attention"] = (att_bytes, att_flops)
+    rows_out = tokens if decode else 1
+    costs["unembed"] = (c.vocab_size * H * act + rows_out * c.vocab_size * 4, 2.0 * rows_out * c.vocab_size * H)
+    return costs
+
+
+def bytes_per_token(model: GptOss, context: int = 1) -> float:
+    """Bytes a batch-1 decode step must read at ``context`` (weights of the experts hit, attention, router,
+    unembedding, KV cache): the numerator of the bandwidth bound (3.708 GB for gpt-oss-20b per FACTS.md)."""
+    return sum(b for b, _ in stage_costs(model, tokens=1, context=context, decode=True).values())
+
+
+@dataclass
+class StageTime:
+    """GPU time of one stage in a profiled pass, and its achieved rates where the stage has a count."""
+
+    stage: str
+    gpu_us: float
+    share: float
+    gbps: float | None
+    tflops: float | None
+
+
+def _device_time_us(event) -> float:
+    for name in ("device_time_total", "cuda_time_total"):
+        value = getattr(event, name, None)
+        if value is not None:
+            return float(value)
+    return 0.0
+
+
+@torch.inference_mode()
+def profile_pass(model: GptOss, *, decode: bool, tokens: int, context: int) -> tuple[list[StageTime], list[tuple[str, float]]]:
+    """Profile one eager pass (a decode step at ``context`` with batch 1, or a ``tokens``-token prefill).
+
+    Returns:
+        (per-stage GPU time with share and achieved rates, top kernels by GPU time as (name, µs)).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    generator = torch.Generator().manual_seed(1)
+    length = context if decode else tokens
+    prompt = torch.randint(0, model.config.vocab_size, (1, length), generator=generator).to(model.device)
+    cache = model.new_cache(1, length + 1, model.configs.kv_dtype or "act")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
+
+    def one_pass():
+        cache.reset()
+        if decode:
+            model.prefill(prompt[:, :length - 1] if length > 1 else prompt, cache)
+            with profile(activities=activities) as prof:
+                model.annotate = True
+                model.decode(prompt[:, -1], cache, model.decode_key(cache))
+                _sync(model.device)
+        else:
+            with profile(activities=activities) as prof:
+                model.annotate = True
+                model.prefill(prompt, cache)
+                _sync(model.device)
+        model.annotate = False
+        return prof
+
+    one_pass()  # warm-up: compiles
+    prof = one_pass()
+    by_stage = {name: 0.0 for name in STAGES}
+    for item in prof.key_averages():
+        if item.key in by_stage:
+            by_stage[item.key] += _device_time_us(item)
+    kernels: dict[str, float] = {}
+    for event in prof.events():
+        if getattr(event, "device_type", None) == torch.autograd.DeviceType.CUDA:
+            kernels[event.name] = kernels.get(event.name, 0.0) + float(event.device_time)
+    total = sum(kernels.values()) or sum(by_stage.values()) or 1.0
+    costs = stage_costs(model, tokens=1 if decode else tokens, context=context, decode=decode)
+    stages = []
+    for name, us in by_stage.items():
+        nbytes, flops = costs.get(name, (None, None))
+        stages.append(StageTime(name, us, us / total, nbytes / us / 1e3 if nbytes and us else None,
+                                flops / us / 1e6 if flops and us else None))
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:12]
+    return stages, top
+
+
+def format_stage_table(title: str, stages: list[StageTime], top: list[tuple[str, float]], copy_gbps: float | None,
+                       peak_tflops: float | None) -> list[str]:
+    """Markdown lines of one profiled pass."""
+    total = sum(s.gpu_us for s in stages)
+    lines = [f"#### {title}: {total:.0f} µs of GPU time in the stages", "",
+             "| stage | GPU µs | share | GB/s | of copy BW | TFLOP/s | of bf16 peak |", "|---|---|---|---|---|---|---|"]
+    for s in stages:
+        gb = f"{s.gbps:.0f}" if s.gbps else ""
+        gb_frac = f"{s.gbps / copy_gbps:.2f}" if s.gbps and copy_gbps else ""
+        tf = f"{s.tflops:.1f}" if s.tflops else ""
+        tf_frac = f"{s.tflops / peak_tflops:.2f}" if s.tflops and peak_tflops else ""
+        lines.append(f"| {s.stage} | {s.gpu_us:.1f} | {s.share:.1%} | {gb} | {gb_frac} | {tf} | {tf_frac} |")
+    lines += ["", "| kernel | GPU µs |", "|---|---|"]
+    lines += [f"| `{name[:90]}` | {us:.1f} |" for name, us in top]
+    return lines + [""]
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """Peak GPU memory allocated by torch since the last reset, GiB (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def fmt_rate(result: TestResult) -> str:
+    """``"123.45 ± 0.67"``."""
+    return f"{result.mean:.2f} ± {result.std:.2f}"

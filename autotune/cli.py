@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = vars(build_parser().parse_args(argv))
+    warnings.formatwarning = lambda message, category, *_args, **_kwargs: f"autotune: warning: {message}\n"
     command = args.pop("command")
     import optuna
 

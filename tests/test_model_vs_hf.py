@@ -94,7 +94,7 @@ def test_logits_and_greedy_tokens_match_hf(case, checkpoints):
         refs.append((ref_steps, ref_tokens))
 
     # Decode all rows together (ragged lengths in one batch), greedy, step by step against HF.
-    from autotune.model.generate import DecodeRunner
+    from autotune.model.generation import DecodeRunner
 
     runner = DecodeRunner(model, cache, cuda_graphs=False)
     tokens = torch.tensor([ref[1][0] for ref in refs])

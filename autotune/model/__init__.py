@@ -7,62 +7,22 @@ generation (CUDA graphs on GPUs) and the end-to-end benchmark. Kernel configs co
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
 
-import torch
+_EXPORTS = {
+    "CheckpointError": "autotune.model.config", "ModelConfig": "autotune.model.config",
+    "Generation": "autotune.model.generation", "generate": "autotune.model.generation",
+    "KernelConfigs": "autotune.model.kernel_configs", "GptOss": "autotune.model.model",
+    "DEFAULT_MAX_POSITIONS": "autotune.model.loading", "activation_dtype": "autotune.model.loading",
+    "build_model": "autotune.model.loading", "load_model": "autotune.model.loading",
+}
+"""Public names, imported on first use: importing this package must not import the Triton kernels, because
+``triton.jit`` fixes interpreter-or-GPU when a kernel module is imported and the CLI decides that first."""
 
-from autotune.model.config import CheckpointError, ModelConfig
-from autotune.model.generate import Generation, generate
-from autotune.model.kernel_configs import KernelConfigs
-from autotune.model.model import GptOss
-
-DEFAULT_MAX_POSITIONS = 16384
-"""RoPE table length and the longest prompt + generation served by default (``--max-len``)."""
-
-__all__ = ["CheckpointError", "DEFAULT_MAX_POSITIONS", "Generation", "GptOss", "KernelConfigs", "ModelConfig",
-           "activation_dtype", "build_model", "generate", "load_model"]
-
-
-def activation_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 on GPUs; float32 under the Triton interpreter (its bf16 ``tl.dot`` is wrong, triton#11584)."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+__all__ = sorted(_EXPORTS)
 
 
-def _torch_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def build_model(config: ModelConfig, weights: dict[str, torch.Tensor], *, table: str | Path | None = None,
-                use_table: bool = True, max_positions: int = DEFAULT_MAX_POSITIONS) -> GptOss:
-    """A :class:`GptOss` over loaded weights, with kernel configs from the table (or defaults with ``use_table``
-    False). The activation dtype is the weights' (embedding) dtype.
-
-    Raises:
-        TableError: the table cannot be loaded.
-    """
-    from autotune import device as device_mod
-
-    embedding = weights["embedding.weight"]
-    profile = device_mod.current(embedding.device.index or 0) if embedding.device.type == "cuda" \
-        else device_mod.INTERPRETER
-    configs = KernelConfigs(config, profile, table_path=table, use_table=use_table)
-    return GptOss(config, weights, configs=configs, act_dtype=embedding.dtype, max_positions=max_positions)
-
-
-def load_model(checkpoint: str | Path, *, device: str | torch.device | None = None,
-               act_dtype: torch.dtype | None = None, table: str | Path | None = None, use_table: bool = True,
-               max_positions: int = DEFAULT_MAX_POSITIONS) -> GptOss:
-    """Load an original-layout checkpoint onto ``device`` (default: CUDA if available, else CPU + interpreter).
-
-    Raises:
-        CheckpointError: missing/invalid files or tensors (one line naming the file or tensor).
-        TableError: the table cannot be loaded.
-    """
-    from autotune.model.checkpoint import load_checkpoint
-
-    torch_device = _torch_device(device)
-    dtype = act_dtype or activation_dtype(torch_device)
-    config, weights = load_checkpoint(checkpoint, device=torch_device, dtype=dtype)
-    return build_model(config, weights, table=table, use_table=use_table, max_positions=max_positions)
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'autotune.model' has no attribute {name!r}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from autotune.model.generate import DecodeRunner
+from autotune.model.generation import DecodeRunner
 from autotune.model.model import STAGES, GptOss
 from kernels.moe_gemm import MoeShape
 from kernels.moe_gemm.reference import cost as moe_cost
@@ -177,8 +177,10 @@ class StageTime:
     tflops: float | None
 
 
-def _device_time_us(event) -> float:
-    for name in ("device_time_total", "cuda_time_total"):
+def _event_time_us(event, on_gpu: bool) -> float:
+    """Total GPU time of a profiler row (its kernels and its children's), or CPU time for CPU runs."""
+    names = ("device_time_total", "cuda_time_total") if on_gpu else ("cpu_time_total",)
+    for name in names:
         value = getattr(event, name, None)
         if value is not None:
             return float(value)
@@ -190,7 +192,8 @@ def profile_pass(model: GptOss, *, decode: bool, tokens: int, context: int) -> t
     """Profile one eager pass (a decode step at ``context`` with batch 1, or a ``tokens``-token prefill).
 
     Returns:
-        (per-stage GPU time with share and achieved rates, top kernels by GPU time as (name, µs)).
+        (per-stage GPU time with share and achieved rates, top kernels by GPU time as (name, µs)). Without a GPU
+        the stage times are CPU times (interpreter) and there are no kernels.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -218,14 +221,16 @@ def profile_pass(model: GptOss, *, decode: bool, tokens: int, context: int) -> t
 
     one_pass()  # warm-up: compiles
     prof = one_pass()
+    on_gpu = model.device.type == "cuda"
     by_stage = {name: 0.0 for name in STAGES}
     for item in prof.key_averages():
         if item.key in by_stage:
-            by_stage[item.key] += _device_time_us(item)
+            by_stage[item.key] += _event_time_us(item, on_gpu)
     kernels: dict[str, float] = {}
-    for event in prof.events():
-        if getattr(event, "device_type", None) == torch.autograd.DeviceType.CUDA:
-            kernels[event.name] = kernels.get(event.name, 0.0) + float(event.device_time)
+    if on_gpu:
+        for event in prof.events():
+            if getattr(event, "device_type", None) == torch.autograd.DeviceType.CUDA:
+                kernels[event.name] = kernels.get(event.name, 0.0) + float(event.device_time)
     total = sum(kernels.values()) or sum(by_stage.values()) or 1.0
     costs = stage_costs(model, tokens=1 if decode else tokens, context=context, decode=decode)
     stages = []
@@ -241,8 +246,9 @@ def format_stage_table(title: str, stages: list[StageTime], top: list[tuple[str,
                        peak_tflops: float | None) -> list[str]:
     """Markdown lines of one profiled pass."""
     total = sum(s.gpu_us for s in stages)
-    lines = [f"#### {title}: {total:.0f} µs of GPU time in the stages", "",
-             "| stage | GPU µs | share | GB/s | of copy BW | TFLOP/s | of bf16 peak |", "|---|---|---|---|---|---|---|"]
+    where = "GPU" if copy_gbps else "CPU"
+    lines = [f"#### {title}: {total:.0f} µs of {where} time in the stages", "",
+             f"| stage | {where} µs | share | GB/s | of copy BW | TFLOP/s | of bf16 peak |", "|---|---|---|---|---|---|---|"]
     for s in stages:
         gb = f"{s.gbps:.0f}" if s.gbps else ""
         gb_frac = f"{s.gbps / copy_gbps:.2f}" if s.gbps and copy_gbps else ""

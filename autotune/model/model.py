@@ -225,7 +225,7 @@ class GptOss:
         """One token per sequence: append its K/V at position ``cache.lens`` and advance ``cache.lens`` by one.
 
         Graph-capturable: reads positions from ``cache.lens`` on the device, no host sync. The caller advances
-        ``cache.host_lens`` (see :class:`autotune.model.generate.DecodeRunner`) and checks room beforehand.
+        ``cache.host_lens`` (see :class:`autotune.model.generation.DecodeRunner`) and checks room beforehand.
 
         Args:
             tokens: int64 ``[B]``.

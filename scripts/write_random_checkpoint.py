@@ -3,17 +3,19 @@
     python scripts/write_random_checkpoint.py /tmp/rand20b --size 20b --layers 2 --device cuda
     python scripts/write_random_checkpoint.py /tmp/tiny --config tiny.json --shard-gb 0.001
 
-Weights are generated tensor by tensor (statistics and their reasons: :mod:`autotune.model.random_weights`) and
-streamed into shards, so memory holds one tensor at a time (the largest: the 20b's 1.16 GB embedding) whatever the
-model size. Shards are named ``model--00001-of-0000N.safetensors`` (``model.safetensors`` when there is one) and
-each stays under ``--shard-gb`` (a single tensor larger than that gets a shard of its own). Each shard is written
-under a hidden ``.partial`` name and renamed when complete; ``config.json`` is written last (and removed first by
-``--force``), so an interrupted write never loads as a checkpoint.
+Weights are generated tensor by tensor (statistics and their reasons: :mod:`autotune.model.random_weights`), moved
+to the CPU and gathered into one shard, which ``safetensors.torch.save_file`` then writes: memory holds one shard at
+a time (≤ ``--shard-gb``, 4 GB by default, plus the tensor being generated), whatever the model size. Shards are
+named ``model--00001-of-0000N.safetensors`` (``model.safetensors`` when there is one) and each file stays under
+``--shard-gb`` (a single tensor larger than that gets a shard of its own). Each shard is written under a hidden
+``.partial`` name and renamed when complete; ``config.json`` is written last (and removed first by ``--force``), so
+an interrupted write never loads as a checkpoint.
 
-Measured (2026-11-21): ``--size 20b --layers 2`` (3.27 GB, one shard) takes 15.9 s on the 2-core CPU dev machine
-(torch 2.13 CPU; peak RSS 2.5 GB) and 3.6 s with ``--device cuda`` on the lent H100 (torch 2.11); the full 20b
-(13.76 GB, 4 shards) 11.3 s on the H100 with a peak RSS of 1.9 GB; loading it back onto the GPU took 8.1 s (files
-in the page cache) with peak GPU memory equal to the model's size.
+Measured (2026-11-21): ``--size 20b --layers 2`` (3.27 GB, one shard) takes 23.2 s on the 2-core CPU dev machine
+(torch 2.13 CPU, safetensors 0.8; peak RSS 3.5 GB: the shard). With the earlier hand-written streaming writer (one
+tensor held, not one shard) it took 15.9 s there (peak RSS 2.5 GB) and 3.6 s with ``--device cuda`` on the lent H100
+(torch 2.11); the full 20b (13.76 GB, 4 shards) 11.3 s on the H100; loading it back onto the GPU took 8.1 s (files
+in the page cache) with peak GPU memory equal to the model's size. Not yet re-measured on the GPU with save_file.
 
 Errors (bad arguments, an unwritable or non-empty directory without ``--force``) print one line on stderr and exit
 with code 2.
@@ -32,11 +34,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+from safetensors import SafetensorError  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
 from autotune.errors import UserError  # noqa: E402
 from autotune.model.config import NAMED_CONFIGS, ModelConfig  # noqa: E402
 from autotune.model.random_weights import random_weights  # noqa: E402
-from autotune.model.safetensors_io import write_streaming  # noqa: E402
 
 DEFAULT_SHARD_BYTES = 4 * 10**9
 """Largest shard file (4 GB), as in the released checkpoints' sharding."""
@@ -48,8 +51,10 @@ HEADER_SLACK = 64
 def plan_shards(config: ModelConfig, shard_bytes: int) -> list[list[tuple[str, tuple[int, ...], torch.dtype]]]:
     """Split the tensors, in spec order, into shards whose file size stays ≤ ``shard_bytes``.
 
-    The header is budgeted at ``len(name) + 128`` bytes per tensor (an entry's JSON is shorter than that), so the
-    bound holds for the whole file. A tensor larger than ``shard_bytes`` alone gets a shard of its own.
+    Planned from the specs (so the shard count, which the file names carry, is known before any tensor exists). The
+    header ``save_file`` writes is budgeted at ``len(name) + 128`` bytes per tensor (an entry's JSON,
+    ``{"dtype":..,"shape":[..],"data_offsets":[b,e]}``, is shorter than that), so the bound holds for the whole file.
+    A tensor larger than ``shard_bytes`` alone gets a shard of its own.
 
     Returns:
         Shards, each a list of (name, shape, dtype) in write order.
@@ -110,6 +115,9 @@ def write_random_checkpoint(
         device: where the weights are generated (``"cuda"`` is much faster for full-size models).
         force: overwrite the ``config.json`` and ``*.safetensors`` of a non-empty ``out_dir`` (other files stay).
 
+    Memory: one shard's tensors (≤ ``shard_bytes``) are held on the CPU while it is written, plus the tensor being
+    generated on ``device``.
+
     Returns:
         The files written: the shards in order, then ``config.json``.
 
@@ -126,7 +134,7 @@ def write_random_checkpoint(
     try:
         for index, layout in enumerate(shards):
             path = out_dir / shard_name(index, len(shards))
-            write_streaming(path, layout, (_next_named(weights, name) for name, _, _ in layout))
+            _write_shard(path, {name: _next_named(weights, name).to("cpu").contiguous() for name, _, _ in layout})
             written.append(path)
         config_path = out_dir / "config.json"
         partial = out_dir / ".config.json.partial"
@@ -134,7 +142,25 @@ def write_random_checkpoint(
         os.replace(partial, config_path)
     except OSError as exc:
         raise UserError(f"{out_dir}: write failed: {exc.strerror or exc}") from None
+    except SafetensorError as exc:  # save_file's I/O errors
+        raise UserError(f"{out_dir}: write failed: {' '.join(str(exc).split())}") from None
     return [*written, config_path]
+
+
+def _write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """``save_file`` the CPU ``tensors`` to ``.NAME.partial`` beside ``path``, then rename it to ``path``.
+
+    An interrupted or failed write leaves neither ``path`` nor the partial file.
+
+    Raises:
+        OSError, SafetensorError: the write or the rename failed.
+    """
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        save_file(tensors, str(partial), metadata={"format": "pt"})
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _next_named(weights, name: str) -> torch.Tensor:

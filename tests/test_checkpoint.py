@@ -13,12 +13,13 @@ import warnings
 from pathlib import Path
 
 import pytest
+import safetensors
 import torch
+from safetensors.torch import save_file
 
 from autotune.model.checkpoint import HF_HINT, load_checkpoint
 from autotune.model.config import CheckpointError, ModelConfig
 from autotune.model.random_weights import random_mxfp4_std, random_weights
-from autotune.model.safetensors_io import read_header, write_streaming
 from kernels.mxfp4 import dequantize
 from scripts.write_random_checkpoint import write_random_checkpoint
 
@@ -62,8 +63,7 @@ def _write_ckpt(path: Path, tensors: dict[str, torch.Tensor], config: ModelConfi
     path.mkdir(parents=True, exist_ok=True)
     data = config.to_dict() if isinstance(config, ModelConfig) else config
     (path / "config.json").write_text(json.dumps(data))
-    layout = [(name, tuple(t.shape), t.dtype) for name, t in tensors.items()]
-    write_streaming(path / file, layout, tensors.values())
+    save_file({name: t.contiguous() for name, t in tensors.items()}, str(path / file), metadata={"format": "pt"})
     return path
 
 
@@ -83,7 +83,6 @@ def test_round_trip_sharded(tiny_dir, tiny_weights):
 
 
 def test_files_are_standard_safetensors(tiny_dir, tiny_weights):
-    safetensors = pytest.importorskip("safetensors")
     for path in tiny_dir.glob("*.safetensors"):
         with safetensors.safe_open(str(path), framework="pt") as f:
             for name in f.keys():
@@ -144,8 +143,7 @@ def test_wrong_dtype(tiny_weights, tmp_path, name, dtype, needle):
 
 def test_tensor_in_two_files(tiny_weights, tmp_path):
     path = _write_ckpt(tmp_path / "c", tiny_weights)
-    write_streaming(path / "extra.safetensors", [("norm.scale", (TINY.hidden_size,), torch.float32)],
-                    [tiny_weights["norm.scale"]])
+    save_file({"norm.scale": tiny_weights["norm.scale"]}, str(path / "extra.safetensors"))
     _one_line_error(path, "norm.scale", "extra.safetensors", "model.safetensors")
 
 
@@ -160,6 +158,50 @@ def test_truncated_and_garbage_files(tiny_weights, tmp_path):
     _one_line_error(path, "model.safetensors", "corrupt")
     (path / "model.safetensors").write_bytes(b"abc")
     _one_line_error(path, "model.safetensors")
+    (path / "model.safetensors").unlink()
+    (path / "model.safetensors").mkdir()  # safe_open raises OSError, not SafetensorError
+    _one_line_error(path, "model.safetensors", "cannot read")
+
+
+def test_all_headers_checked_before_any_data(tiny_dir, tmp_path, monkeypatch):
+    """A wrong shape in the last shard fails before get_tensor is called on any shard."""
+    import shutil
+
+    import autotune.model.checkpoint as checkpoint
+
+    path = tmp_path / "c"
+    shutil.copytree(tiny_dir, path)
+    last = sorted(path.glob("*.safetensors"))[-1]
+    with safetensors.safe_open(str(last), framework="pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    name = next(iter(tensors))
+    tensors[name] = torch.zeros(3, dtype=tensors[name].dtype)
+    save_file(tensors, str(last))
+    reads: list[str] = []
+
+    class Recording:
+        def __init__(self, *args, **kwargs):
+            self.handle = safetensors.safe_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.file = self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def __getattr__(self, attr):
+            return getattr(self.file, attr)
+
+        def get_tensor(self, tensor_name):
+            reads.append(tensor_name)
+            return self.file.get_tensor(tensor_name)
+
+    monkeypatch.setattr(checkpoint, "safe_open", Recording)
+    _one_line_error(path, last.name, name, "has shape (3,)")
+    assert reads == []
+    load_checkpoint(tiny_dir)  # the recorder does see reads on a good checkpoint
+    assert len(reads) == len(TINY.tensor_specs())
 
 
 def test_directory_problems(tiny_weights, tmp_path):
@@ -183,13 +225,6 @@ def test_hf_layout_refused(tiny_weights, tmp_path):
     names = {"model.embed_tokens.weight": tiny_weights["embedding.weight"],
              "model.layers.0.mlp.experts.gate_up_proj_blocks": tiny_weights["block.0.mlp.mlp1_weight.blocks"]}
     _one_line_error(_write_ckpt(tmp_path / "names", names), HF_HINT)
-
-
-def test_header_read_without_data(tiny_dir):
-    """The header alone lists every tensor, with byte ranges inside the file."""
-    path = next(tiny_dir.glob("*.safetensors"))
-    entries = read_header(path)
-    assert entries and all(e.offset + e.nbytes <= path.stat().st_size for e in entries.values())
 
 
 # ------------------------------------------------------------------------------------------------ weight statistics

@@ -1,9 +1,12 @@
 """Load a gpt-oss checkpoint in the original release layout (``config.json`` + ``*.safetensors``).
 
 The layout is the ``original/`` folder of the released repositories (``../shared/FACTS.md``, "Checkpoint layout");
-the expected tensors are :meth:`ModelConfig.tensor_specs`. Every file's header is checked against them before any
-tensor data is read, so a wrong file fails in milliseconds; then tensors are read one at a time and moved to the
-target device, so loading never holds more than the model plus one tensor (the 20b is 13.8 GB).
+the expected tensors are :meth:`ModelConfig.tensor_specs`. Files are read with the ``safetensors`` library
+(``safe_open``): every file's header (names, shapes, dtypes) is checked against the specs before any tensor data is
+read, so a wrong file fails in milliseconds; then tensors are read one at a time (``get_tensor``, straight onto the
+target device) and converted to the target dtype, so loading never holds more than the model plus one tensor (the
+20b is 13.8 GB). On the CPU, tensors kept in their stored dtype may stay backed by the file's memory map
+(safetensors' choice), read on first use: loading a 3.27 GB file to the CPU took < 0.1 s and 0.23 GB peak RSS.
 
 The Hugging Face converted layout (``model.safetensors.index.json``, ``model.layers.N...`` names) is refused with a
 message that points at its ``original/`` folder.
@@ -13,14 +16,22 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from autotune.model.config import CheckpointError, ModelConfig, checkpoint_dir
-from autotune.model.safetensors_io import TensorEntry, read_header, read_tensor
 
 HF_HINT = "this looks like the Hugging Face layout; point --checkpoint at its original/ folder"
+
+FLOAT_CODES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
+"""safetensors dtype codes (``get_slice(name).get_dtype()``) accepted for the floating-point tensors."""
+
+Header = tuple[Path, tuple[int, ...], str]
+"""What a header says of one tensor: (file, shape, safetensors dtype code such as ``"BF16"``)."""
 
 
 def load_checkpoint(
@@ -66,12 +77,20 @@ def load_checkpoint(
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         warnings.warn(f"{root}: ignoring {len(extra)} tensor(s) the config does not expect: {shown}", stacklevel=2)
-    tensors: dict[str, torch.Tensor] = {}
-    for name, (_, want_dtype) in specs.items():
-        path, entry = where[name]
-        target = want_dtype if want_dtype in (torch.uint8, torch.float32) else dtype
-        tensors[name] = read_tensor(path, entry).to(device=device, dtype=target)
-    return config, tensors
+    loaded: dict[str, torch.Tensor] = {}
+    for path in files:
+        names = [name for name in specs if where[name][0] == path]
+        if not names:
+            continue
+        with _open(path, device) as f:
+            for name in names:
+                spec_dtype = specs[name][1]
+                target = spec_dtype if spec_dtype in (torch.uint8, torch.float32) else dtype
+                with _errors(path, f"cannot read {name}"):
+                    tensor = f.get_tensor(name)
+                loaded[name] = tensor.to(dtype=target)  # one tensor at a time: the stored copy is dropped here
+                del tensor
+    return config, {name: loaded[name] for name in specs}
 
 
 def _refuse_hf_config(root: Path) -> None:
@@ -86,22 +105,49 @@ def _refuse_hf_config(root: Path) -> None:
         raise CheckpointError(f"{root}: {HF_HINT}")
 
 
-def _index(files: list[Path]) -> dict[str, tuple[Path, TensorEntry]]:
-    """Every tensor of every file's header: name → (file, entry).
+@contextmanager
+def _errors(path: Path, what: str) -> Iterator[None]:
+    """Turn the ``safetensors`` library's errors inside the block into a one-line :class:`CheckpointError`.
+
+    ``safe_open`` raises ``SafetensorError`` for a malformed or truncated file ("Error while deserializing header:
+    ..."), ``OSError`` for an unreadable one.
+    """
+    try:
+        yield
+    except SafetensorError as exc:
+        detail = " ".join(str(exc).split())
+        raise CheckpointError(f"{path}: {what} (corrupt or truncated safetensors file): {detail}") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: {what}: {exc.strerror or ' '.join(str(exc).split())}") from None
+
+
+@contextmanager
+def _open(path: Path, device: torch.device | str = "cpu") -> Iterator:
+    """``safe_open(path)`` whose tensors land on ``device``, with the library's errors as :class:`CheckpointError`."""
+    with _errors(path, "cannot read"):
+        handle = safe_open(str(path), framework="pt", device=str(torch.device(device)))
+    with handle as f:
+        yield f
+
+
+def _index(files: list[Path]) -> dict[str, Header]:
+    """Every tensor of every file's header: name → (file, shape, dtype code). No tensor data is read.
 
     Raises:
-        CheckpointError: a corrupt header, or a tensor present in two files.
+        CheckpointError: an unreadable or corrupt file, or a tensor present in two files.
     """
-    where: dict[str, tuple[Path, TensorEntry]] = {}
+    where: dict[str, Header] = {}
     for path in files:
-        for name, entry in read_header(path).items():
-            if name in where:
-                raise CheckpointError(f"{name} is in two files: {where[name][0]} and {path}")
-            where[name] = (path, entry)
+        with _open(path) as f, _errors(path, "cannot read the header"):
+            for name in f.keys():
+                if name in where:
+                    raise CheckpointError(f"{name} is in two files: {where[name][0]} and {path}")
+                info = f.get_slice(name)
+                where[name] = (path, tuple(info.get_shape()), info.get_dtype())
     return where
 
 
-def _check(root: Path, where: dict[str, tuple[Path, TensorEntry]],
+def _check(root: Path, where: dict[str, Header],
            specs: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
     """Compare the headers with the expected tensors (no data read).
 
@@ -113,11 +159,11 @@ def _check(root: Path, where: dict[str, tuple[Path, TensorEntry]],
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(f"{root}: missing tensor {missing[0]}{more}")
     for name, (shape, want) in specs.items():
-        path, entry = where[name]
-        if entry.shape != shape:
-            raise CheckpointError(f"{path}: {name} has shape {entry.shape}, expected {shape}")
+        path, got_shape, code = where[name]
+        if got_shape != shape:
+            raise CheckpointError(f"{path}: {name} has shape {got_shape}, expected {shape}")
         if want == torch.uint8:
-            if entry.dtype != torch.uint8:
-                raise CheckpointError(f"{path}: {name} has dtype {entry.code}, expected U8 (packed MXFP4)")
-        elif entry.dtype is None or not entry.dtype.is_floating_point:
-            raise CheckpointError(f"{path}: {name} has dtype {entry.code}, expected a floating-point dtype")
+            if code != "U8":
+                raise CheckpointError(f"{path}: {name} has dtype {code}, expected U8 (packed MXFP4)")
+        elif code not in FLOAT_CODES:
+            raise CheckpointError(f"{path}: {name} has dtype {code}, expected a floating-point dtype")

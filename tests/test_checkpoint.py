@@ -238,7 +238,7 @@ def test_mxfp4_std_at_full_width():
 
 # ------------------------------------------------------------------------------------------------ HF reference
 transformers = pytest.importorskip("transformers")
-from tests.hf_reference import hf_model_from_checkpoint  # noqa: E402
+from scripts.hf_reference import hf_model_from_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
-"""Test helper: the Hugging Face ``transformers`` gpt-oss model over one of our original-layout checkpoints.
+"""The Hugging Face ``transformers`` gpt-oss model over our original-layout weights: the reference of the correctness
+tests (float32 on the CPU, bf16 at 20b widths on a GPU) and the baseline of ``scripts/bench_hf_baseline.py``.
 
-An independent implementation to compare :mod:`autotune.model` against: float32 on the CPU, eager attention and
-eager experts, MXFP4 experts dequantized to float32 (exact: every e2m1 × e8m0 product is a float32).
+An independent implementation to compare :mod:`autotune.model` against: eager attention and eager experts, MXFP4
+experts dequantized (exact in float32: every e2m1 × e8m0 product is a float32; rounded once in bf16).
 
 Name and shape mapping (ours → ``transformers/models/gpt_oss/modeling_gpt_oss.py``, transformers 5.x):
 
@@ -25,6 +26,7 @@ Gate and linear halves of mlp1 stay interleaved in both (gate ``::2``, linear ``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -72,8 +74,9 @@ def hf_config(config: ModelConfig, *, sliding_window: int | None = None) -> tran
     )
 
 
-def hf_state_dict(config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our original-layout tensors renamed and reshaped into ``GptOssForCausalLM``'s state dict, float32."""
+def hf_tensors(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Our original-layout tensors renamed and reshaped into ``GptOssForCausalLM``'s state dict, float32, one at a
+    time (a full 20b in float32 would not fit a GPU at once)."""
     q, kv = config.q_size, config.kv_size
 
     def f32(name: str) -> torch.Tensor:
@@ -83,31 +86,65 @@ def hf_state_dict(config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict
         dense = dequantize(weights[prefix + ".blocks"], weights[prefix + ".scales"], torch.float32)
         return dense.transpose(1, 2).contiguous()
 
-    state = {
-        "model.embed_tokens.weight": f32("embedding.weight"),
-        "model.norm.weight": f32("norm.scale"),
-        "lm_head.weight": f32("unembedding.weight"),
-    }
+    yield "model.embed_tokens.weight", f32("embedding.weight")
+    yield "model.norm.weight", f32("norm.scale")
+    yield "lm_head.weight", f32("unembedding.weight")
     for n in range(config.num_hidden_layers):
         src, dst = f"block.{n}.", f"model.layers.{n}."
         qkv_w, qkv_b = f32(src + "attn.qkv.weight"), f32(src + "attn.qkv.bias")
         for part, rows in (("q", slice(0, q)), ("k", slice(q, q + kv)), ("v", slice(q + kv, q + 2 * kv))):
-            state[dst + f"self_attn.{part}_proj.weight"] = qkv_w[rows].contiguous()
-            state[dst + f"self_attn.{part}_proj.bias"] = qkv_b[rows].contiguous()
-        state.update({
-            dst + "self_attn.o_proj.weight": f32(src + "attn.out.weight"),
-            dst + "self_attn.o_proj.bias": f32(src + "attn.out.bias"),
-            dst + "self_attn.sinks": f32(src + "attn.sinks"),
-            dst + "input_layernorm.weight": f32(src + "attn.norm.scale"),
-            dst + "post_attention_layernorm.weight": f32(src + "mlp.norm.scale"),
-            dst + "mlp.router.weight": f32(src + "mlp.gate.weight"),
-            dst + "mlp.router.bias": f32(src + "mlp.gate.bias"),
-            dst + "mlp.experts.gate_up_proj": mxfp4(src + "mlp.mlp1_weight"),
-            dst + "mlp.experts.gate_up_proj_bias": f32(src + "mlp.mlp1_bias"),
-            dst + "mlp.experts.down_proj": mxfp4(src + "mlp.mlp2_weight"),
-            dst + "mlp.experts.down_proj_bias": f32(src + "mlp.mlp2_bias"),
-        })
-    return state
+            yield dst + f"self_attn.{part}_proj.weight", qkv_w[rows].contiguous()
+            yield dst + f"self_attn.{part}_proj.bias", qkv_b[rows].contiguous()
+        for hf_name, ours in (("self_attn.o_proj.weight", "attn.out.weight"), ("self_attn.o_proj.bias", "attn.out.bias"),
+                              ("self_attn.sinks", "attn.sinks"), ("input_layernorm.weight", "attn.norm.scale"),
+                              ("post_attention_layernorm.weight", "mlp.norm.scale"),
+                              ("mlp.router.weight", "mlp.gate.weight"), ("mlp.router.bias", "mlp.gate.bias"),
+                              ("mlp.experts.gate_up_proj_bias", "mlp.mlp1_bias"),
+                              ("mlp.experts.down_proj_bias", "mlp.mlp2_bias")):
+            yield dst + hf_name, f32(src + ours)
+        yield dst + "mlp.experts.gate_up_proj", mxfp4(src + "mlp.mlp1_weight")
+        yield dst + "mlp.experts.down_proj", mxfp4(src + "mlp.mlp2_weight")
+
+
+def hf_state_dict(config: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """All of :func:`hf_tensors` as one float32 state dict (small models)."""
+    return dict(hf_tensors(config, weights))
+
+
+def hf_model(config: ModelConfig, weights: dict[str, torch.Tensor], *, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32, sliding_window: int | None = None) -> transformers.GptOssForCausalLM:
+    """``GptOssForCausalLM`` with eager attention and experts holding ``weights``, built on ``device`` in ``dtype``
+    and filled tensor by tensor (peak memory: the model plus one float32 tensor).
+
+    Raises:
+        RuntimeError: a parameter is not covered by the mapping, or the mapping names an unknown one.
+    """
+    hf_cfg = hf_config(config, sliding_window=sliding_window)
+    hf_cfg._attn_implementation = "eager"
+    if hasattr(hf_cfg, "_experts_implementation"):
+        hf_cfg._experts_implementation = "eager"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = transformers.GptOssForCausalLM(hf_cfg)
+    finally:
+        torch.set_default_dtype(previous)
+    params = dict(model.named_parameters())
+    filled = set()
+    with torch.no_grad():
+        for name, tensor in hf_tensors(config, weights):
+            if name not in params:
+                raise RuntimeError(f"mapping names {name!r}, which GptOssForCausalLM does not have")
+            if tuple(params[name].shape) != tuple(tensor.shape):
+                raise RuntimeError(f"{name}: mapped shape {tuple(tensor.shape)} != HF {tuple(params[name].shape)}")
+            params[name].copy_(tensor)
+            filled.add(name)
+    missing = sorted(set(params) - filled)
+    if missing:
+        raise RuntimeError(f"HF parameters not filled from our weights: {missing[:5]}")
+    model.config._attn_implementation = "eager"
+    return model.eval()
 
 
 def hf_model_from_checkpoint(directory: str | Path, *,
@@ -126,11 +163,4 @@ def hf_model_from_checkpoint(directory: str | Path, *,
         RuntimeError: the mapped state dict has missing or unexpected keys (strict load).
     """
     config, weights = load_checkpoint(directory, device="cpu")
-    hf_cfg = hf_config(config, sliding_window=sliding_window)
-    hf_cfg._attn_implementation = "eager"
-    if hasattr(hf_cfg, "_experts_implementation"):
-        hf_cfg._experts_implementation = "eager"
-    model = transformers.GptOssForCausalLM(hf_cfg).to(torch.float32)
-    model.load_state_dict(hf_state_dict(config, weights), strict=True)
-    model.config._attn_implementation = "eager"
-    return model.eval()
+    return hf_model(config, weights, sliding_window=sliding_window)

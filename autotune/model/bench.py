@@ -19,6 +19,8 @@ import torch
 
 from autotune.model.generation import DecodeRunner
 from autotune.model.model import STAGES, GptOss
+from kernels.attention.config import AttentionShape
+from kernels.attention.reference import cost as attention_cost
 from kernels.moe_gemm import MoeShape
 from kernels.moe_gemm.reference import cost as moe_cost
 
@@ -142,18 +144,14 @@ def stage_costs(model: GptOss, *, tokens: int, context: int, decode: bool) -> di
         shape = MoeShape.for_variant(variant, M=tokens, hidden=H, intermediate=c.intermediate_size, E=E, top_k=k)
         one = moe_cost(variant, shape, hit, act, act)
         costs[f"moe_{variant}"] = (layers * one.bytes, layers * one.flops)
-    kv_row = 2 * c.kv_size * act  # K and V bytes per cached token (activation-dtype cache)
+    kv_bytes = 1 if model.configs.kv_dtype == "fp8" else act
     att_bytes = att_flops = 0.0
     for n in range(layers):
-        window = c.window(n)
-        if decode:
-            keys = min(context, window) if window else context
-            att_bytes += tokens * (keys * kv_row + 2 * c.q_size * act)
-            att_flops += tokens * 4.0 * c.q_size * keys
-        else:
-            visible = sum(min(q + 1, window) if window else q + 1 for q in range(context))
-            att_bytes += tokens * (kv_row + 2 * c.q_size * act)
-            att_flops += 4.0 * c.q_size * visible
+        shape = AttentionShape(batch=tokens if decode else 1, seq=context, heads_q=c.num_attention_heads,
+                               heads_kv=c.num_key_value_heads, head_dim=c.head_dim, window=c.window(n))
+        one = attention_cost("decode" if decode else "prefill", shape, act, kv_bytes)
+        att_bytes += one.bytes
+        att_flops += one.flops
     costs["attention"] = (att_bytes, att_flops)
     rows_out = tokens if decode else 1
     costs["unembed"] = (c.vocab_size * H * act + rows_out * c.vocab_size * 4, 2.0 * rows_out * c.vocab_size * H)

@@ -3,7 +3,9 @@
 
 A kernel module provides the uniform interface the tuner drives (see ``kernels/moe_gemm/__init__.py``):
 ``VARIANTS``, ``BUCKET_DIM``, ``SOURCE_FILES``, ``shape_from_dims``, ``model_shapes``, ``config_from_dict``,
-``make_inputs``, ``make_empty_inputs``, ``make_timing_inputs``, ``launches``, ``reference``, ``cost``, ``tolerance``. A search space module
+``make_inputs``, ``make_empty_inputs``, ``make_timing_inputs``, ``launches``, ``reference``, ``cost(variant, inputs,
+config)``, ``tolerance(variant, dtype, config)`` (both take the config: an fp8 KV cache moves fewer bytes and has its
+own limits). A search space module
 provides ``space(variant, shape, device) -> SearchSpace``. Extra kernels (tests register a synthetic one that injects
 faults) are added with :func:`register` from modules named in the ``AUTOTUNE_PLUGINS`` environment variable
 (comma-separated), which worker processes import too.
@@ -74,6 +76,7 @@ class KernelSpec:
 
 _REGISTRY: dict[str, KernelSpec] = {
     "moe_gemm": KernelSpec("moe_gemm", "kernels.moe_gemm", "search_spaces.moe_gemm"),
+    "attention": KernelSpec("attention", "kernels.attention", "search_spaces.attention"),
 }
 _plugins_loaded: set[str] = set()
 

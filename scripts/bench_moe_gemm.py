@@ -15,47 +15,26 @@ Needs a CUDA GPU.
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
-import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-import triton  # noqa: E402
 
 import kernels.moe_gemm as moe  # noqa: E402
 from autotune import device as device_mod  # noqa: E402
-from autotune import nvml_readings, registry  # noqa: E402
-from autotune.evaluate import row_relative_error  # noqa: E402
+from autotune import registry  # noqa: E402
 from autotune.peaks import measure_peaks  # noqa: E402
 from autotune.runtime import open_table  # noqa: E402
 from autotune.timing import median_us  # noqa: E402
 from kernels.moe_routing import route  # noqa: E402
+from scripts.bench_common import checked_error, environment_lines, kernel_calls  # noqa: E402
 from scripts.moe_baselines import dequantized_weights, grouped_mm_call, per_expert_call  # noqa: E402
 
 MODELS = {"20b": 32, "120b": 128}
 M_VALUES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-
-
-def _kernel_calls(variant, sets, config):
-    outs = [moe.launches(variant, s, config)[0] for s in sets]
-
-    def call_for(item, out):
-        return lambda: moe.launch(variant, item, config, out)
-
-    return [call_for(s, o) for s, o in zip(sets, outs)]
-
-
-def _checked(variant, shape, config, seed) -> float:
-    inputs = moe.make_inputs(variant, shape, dtype=torch.bfloat16, device="cuda", seed=seed)
-    err = row_relative_error(moe.launch(variant, inputs, config), moe.reference(variant, inputs))
-    tol = moe.tolerance(variant, torch.bfloat16).max_rel_err
-    if not err <= tol:
-        raise RuntimeError(f"{variant} {shape} {config}: error {err:.2e} > {tol:.1e}")
-    return err
 
 
 def bench_shape(variant, shape, table, device, rep_ms):
@@ -67,9 +46,10 @@ def bench_shape(variant, shape, table, device, rep_ms):
                                   cache_bytes=device.l2_bytes)
     cost = moe.cost(variant, sets)
     row = {"variant": variant, "M": shape.M, "source": entry.source}
-    row["err"] = max(_checked(variant, shape, tuned_cfg, 11), _checked(variant, shape, default_cfg, 12))
-    row["tuned_us"] = median_us(_kernel_calls(variant, sets, tuned_cfg), on_gpu=True, rep_ms=rep_ms).median_us
-    row["default_us"] = median_us(_kernel_calls(variant, sets, default_cfg), on_gpu=True, rep_ms=rep_ms).median_us
+    row["err"] = max(checked_error(moe, variant, shape, tuned_cfg, 11),
+                     checked_error(moe, variant, shape, default_cfg, 12))
+    for name, cfg in (("tuned_us", tuned_cfg), ("default_us", default_cfg)):
+        row[name] = median_us(kernel_calls(moe, variant, sets, cfg), on_gpu=True, rep_ms=rep_ms).median_us
     weights = dequantized_weights(sets[0])
     baselines = {}
     for name, make in (("grouped_mm", grouped_mm_call), ("per_expert", per_expert_call)):
@@ -104,10 +84,7 @@ def main() -> int:
     lines = [
         f"# MoE GEMM benchmark, gpt-oss-{args.model} shapes",
         "",
-        f"date {datetime.date.today()}; device {device.name} ({device.key}, {device.sm_count} SMs); driver "
-        f"{nvml_readings.driver_version()}; torch {torch.__version__}; triton {triton.__version__}; "
-        f"python {platform.python_version()}; table {table.table.path if table.table else 'none (defaults)'}",
-        f"measured copy {copy_gbps:.0f} GB/s (read+write), bf16 8192^3 matmul {mm_tflops:.0f} TFLOP/s",
+        *environment_lines(device, table, copy_gbps, mm_tflops),
         "",
         "| variant | M | tuned us | default us | torch us (which) | tuned/default | torch/tuned | GB/s | GB/s / copy "
         "| TFLOP/s | TFLOP/s / peak | routing us | max err | table |",

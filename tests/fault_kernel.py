@@ -265,12 +265,12 @@ def reference(variant: str, inputs: Inputs) -> torch.Tensor:
     return inputs.x.float() * 2.0 + 1.0
 
 
-def cost(variant: str, inputs: Sequence[Inputs]) -> Cost:
+def cost(variant: str, inputs: Sequence[Inputs], config=None) -> Cost:
     n = inputs[0].shape.M
     return Cost(flops=2.0 * n, bytes=8.0 * n)
 
 
-def tolerance(variant: str, dtype: torch.dtype) -> Tolerance:
+def tolerance(variant: str, dtype: torch.dtype, config=None) -> Tolerance:
     return Tolerance(1e-5, "fp32 arithmetic, exact up to rounding")
 
 

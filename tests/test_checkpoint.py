@@ -237,7 +237,6 @@ def test_mxfp4_std_at_full_width():
 
 
 # ------------------------------------------------------------------------------------------------ HF reference
-transformers = pytest.importorskip("transformers")
 from scripts.hf_reference import hf_model_from_checkpoint  # noqa: E402
 
 

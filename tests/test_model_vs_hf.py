@@ -13,13 +13,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-
-from autotune.model import build_model, generate  # noqa: E402
-from autotune.model.checkpoint import load_checkpoint  # noqa: E402
-from autotune.model.config import ModelConfig  # noqa: E402
-from scripts.write_random_checkpoint import write_random_checkpoint  # noqa: E402
-from scripts.hf_reference import hf_model_from_checkpoint  # noqa: E402
+from autotune.model import build_model, generate
+from autotune.model.checkpoint import load_checkpoint
+from autotune.model.config import ModelConfig
+from scripts.write_random_checkpoint import write_random_checkpoint
+from scripts.hf_reference import hf_model_from_checkpoint
 
 LOGIT_TOL = 1e-4
 """Max |ours − HF| / max|HF logits| per row. Both sides compute in fp32 from identical weights (the MXFP4 experts

@@ -98,8 +98,9 @@ def reference(variant: str, inputs: MoeGemmInputs) -> torch.Tensor:
     return ref(inputs.act, inputs.routing, inputs.w_blocks, inputs.w_scales, inputs.bias)
 
 
-def cost(variant: str, inputs: Sequence[MoeGemmInputs]) -> Cost:
-    """FLOPs and fewest bytes of one call, averaged over input sets (the experts hit differ between sets)."""
+def cost(variant: str, inputs: Sequence[MoeGemmInputs], config: MoeGemmConfig | None = None) -> Cost:
+    """FLOPs and fewest bytes of one call, averaged over input sets (the experts hit differ between sets); the
+    config does not change them."""
     first = inputs[0]
     hit = sum(item.experts_hit for item in inputs) / len(inputs)
     return _cost(variant, first.shape, hit, first.act.element_size(), first.bias.element_size())

@@ -128,3 +128,35 @@ def test_bench_model_table_runs_both_settings(tiny, capsys, tmp_path):
 def test_bench_model_bad_arguments(tiny, capsys, argv, needles):
     code = cli.main(["bench-model", "--checkpoint", str(tiny), *argv])
     _one_error(code, capsys.readouterr().err, *needles)
+
+
+# ------------------------------------------------------------------------------------------------ profile attribution
+class _Range:
+    def __init__(self, start, end):
+        self.start, self.end = start, end
+
+    def elapsed_us(self):
+        return self.end - self.start
+
+
+class _Event:
+    def __init__(self, name, start, end, device=True):
+        self.name, self.time_range = name, _Range(start, end)
+        self.device_type = torch.autograd.DeviceType.CUDA if device else torch.autograd.DeviceType.CPU
+
+
+def test_kernels_are_attributed_to_the_stage_range_that_contains_them():
+    from autotune.model.bench import kernels_by_stage
+
+    events = [
+        _Event("attention", 100, 400),           # GPU-side range: spans gaps, its own length must not count
+        _Event("attention", 0, 5000, device=False),  # the CPU-side range of the same stage: ignored
+        _Event("attn_kernel", 110, 130), _Event("combine", 300, 305),
+        _Event("moe_mlp1", 500, 900), _Event("gemm", 600, 650), _Event("gemm", 880, 900),
+        _Event("stray", 950, 960),               # outside every range
+    ]
+    by_stage, kernels = kernels_by_stage(events)
+    assert by_stage["attention"] == 25 and by_stage["moe_mlp1"] == 70 and by_stage["other"] == 10
+    assert sum(by_stage.values()) == 105
+    assert (kernels["gemm"].calls, kernels["gemm"].gpu_us) == (2, 70)
+    assert "attention" not in kernels

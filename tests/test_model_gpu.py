@@ -39,6 +39,13 @@ def _rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return float(((ours.float() - ref.float()).abs().amax(-1) / ref.float().abs().amax(-1)).max())
 
 
+def _same_greedy_choice(ours: torch.Tensor, ref: torch.Tensor) -> bool:
+    """Same argmax, or a near tie in the reference that bf16 rounding may flip: the reference logit of our choice is
+    within the tolerance of its best (random weights give flat logit distributions with close runners-up)."""
+    mine, best = int(ours.argmax()), int(ref.argmax())
+    return mine == best or float(ref[best] - ref[mine]) < LOGIT_TOL_BF16 * float(ref.abs().max())
+
+
 @torch.inference_mode()
 def test_bf16_logits_and_greedy_tokens_match_hf_fp32(setup):
     from autotune.model.generation import DecodeRunner
@@ -52,20 +59,27 @@ def test_bf16_logits_and_greedy_tokens_match_hf_fp32(setup):
     print(f"prefill max relative logit error {err:.3e}")
     assert err < LOGIT_TOL_BF16
     token = int(ref_prefill[-1].argmax())
-    assert int(tri_prefill[-1].argmax()) == token
+    assert _same_greedy_choice(tri_prefill[-1], ref_prefill[-1])
 
     runner = DecodeRunner(model, cache, cuda_graphs=True)
     errors = []
-    for _ in range(DECODE_STEPS):
+    for step in range(DECODE_STEPS):
         tri = runner.step(torch.tensor([token], device="cuda"))[0]
         out = hf(input_ids=torch.tensor([[token]], device="cuda"), past_key_values=past, use_cache=True)
         past, ref = out.past_key_values, out.logits[0, -1].float()
         errors.append(_rel_err(tri, ref))
-        assert int(tri.argmax()) == int(ref.argmax())
+        assert _same_greedy_choice(tri, ref), (step, int(tri.argmax()), int(ref.argmax()))
         token = int(ref.argmax())
     print(f"decode max relative logit error {max(errors):.3e}")
     assert max(errors) < LOGIT_TOL_BF16
     assert runner.graphs_captured >= 1
+
+
+GRAPH_VS_EAGER_TOL = 1e-2
+"""Max |graph − eager| / max|eager| per step. Not bitwise: mlp2 sums the k experts' rows with float32 atomics whose
+order varies from run to run, so two eager runs already differ in the last bf16 bit of some activations. A graph
+that replays a stale position, cache length or config attends to the wrong keys; one wrong key set moves logits
+by 0.5 or more on the tiny CPU checkpoints (tests/test_model_vs_hf.py, test_reference_sensitivity)."""
 
 
 @torch.inference_mode()
@@ -80,4 +94,7 @@ def test_cuda_graph_decode_equals_eager_decode(setup):
         runner = DecodeRunner(model, cache, cuda_graphs=graphs)
         steps = [runner.step(torch.tensor([t], device="cuda")).clone() for t in prompt[100:100 + DECODE_STEPS]]
         logits[graphs] = torch.stack(steps)
-    assert torch.equal(logits[False], logits[True])
+    err = _rel_err(logits[True], logits[False])
+    print(f"graph vs eager max relative logit error {err:.3e}")
+    assert err < GRAPH_VS_EAGER_TOL
+    assert torch.equal(logits[True].argmax(-1), logits[False].argmax(-1))

@@ -11,6 +11,8 @@ achieved GB/s and TFLOP/s from the byte and FLOP counts of :func:`stage_costs`.
 
 from __future__ import annotations
 
+import bisect
+import inspect
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -175,23 +177,61 @@ class StageTime:
     tflops: float | None
 
 
-def _event_time_us(event, on_gpu: bool) -> float:
-    """Total GPU time of a profiler row (its kernels and its children's), or CPU time for CPU runs."""
-    names = ("device_time_total", "cuda_time_total") if on_gpu else ("cpu_time_total",)
-    for name in names:
-        value = getattr(event, name, None)
-        if value is not None:
-            return float(value)
-    return 0.0
+def _cpu_time_us(event) -> float:
+    """Total CPU time of a profiler row (the interpreter runs kernels on the CPU)."""
+    return float(getattr(event, "cpu_time_total", 0.0) or 0.0)
+
+
+@dataclass
+class KernelTime:
+    """One kernel name's GPU time in a profiled pass."""
+
+    name: str
+    gpu_us: float
+    calls: int
+
+
+def kernels_by_stage(events, stages: tuple[str, ...] = STAGES) -> tuple[dict[str, float], dict[str, KernelTime]]:
+    """Attribute each GPU kernel (and memcpy/memset) of a profile to the stage whose GPU-side range contains it.
+
+    ``record_function`` ranges appear on the GPU timeline as annotation events spanning from their first to their
+    last kernel, idle gaps included, so their own length overstates a stage in an eager (launch-bound) pass; the
+    kernels' own durations do not. A kernel outside every stage range counts as ``"other"``.
+
+    Args:
+        events: ``torch.profiler.profile(...).events()``.
+        stages: the range names.
+
+    Returns:
+        (stage → summed kernel µs, including ``"other"``; kernel name → :class:`KernelTime`).
+    """
+    device_events = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    ranges = sorted((e.time_range.start, e.time_range.end, e.name) for e in device_events if e.name in stages)
+    by_stage = {name: 0.0 for name in (*stages, "other")}
+    kernels: dict[str, KernelTime] = {}
+    starts = [r[0] for r in ranges]
+    for event in device_events:
+        if event.name in stages:
+            continue
+        start, duration = event.time_range.start, float(event.time_range.elapsed_us())
+        index = bisect.bisect_right(starts, start) - 1
+        stage = ranges[index][2] if index >= 0 and start <= ranges[index][1] else "other"
+        by_stage[stage] += duration
+        item = kernels.setdefault(event.name, KernelTime(event.name, 0.0, 0))
+        item.gpu_us += duration
+        item.calls += 1
+    return by_stage, kernels
 
 
 @torch.inference_mode()
-def profile_pass(model: GptOss, *, decode: bool, tokens: int, context: int) -> tuple[list[StageTime], list[tuple[str, float]]]:
+def profile_pass(model: GptOss, *, decode: bool, tokens: int,
+                 context: int) -> tuple[list[StageTime], list[KernelTime]]:
     """Profile one eager pass (a decode step at ``context`` with batch 1, or a ``tokens``-token prefill).
 
     Returns:
-        (per-stage GPU time with share and achieved rates, top kernels by GPU time as (name, µs)). Without a GPU
-        the stage times are CPU times (interpreter) and there are no kernels.
+        (per-stage GPU time — the summed durations of its kernels, see :func:`kernels_by_stage` — with share and
+        achieved rates; kernels by GPU time with call counts). Without a GPU the stage times are CPU times
+        (interpreter) and there are no kernels.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -200,17 +240,18 @@ def profile_pass(model: GptOss, *, decode: bool, tokens: int, context: int) -> t
     prompt = torch.randint(0, model.config.vocab_size, (1, length), generator=generator).to(model.device)
     cache = model.new_cache(1, length + 1, model.configs.kv_dtype or "act")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
+    options = {"acc_events": True} if "acc_events" in inspect.signature(profile).parameters else {}
 
     def one_pass():
         cache.reset()
         if decode:
             model.prefill(prompt[:, :length - 1] if length > 1 else prompt, cache)
-            with profile(activities=activities) as prof:
+            with profile(activities=activities, **options) as prof:
                 model.annotate = True
                 model.decode(prompt[:, -1], cache, model.decode_key(cache))
                 _sync(model.device)
         else:
-            with profile(activities=activities) as prof:
+            with profile(activities=activities, **options) as prof:
                 model.annotate = True
                 model.prefill(prompt, cache)
                 _sync(model.device)
@@ -220,32 +261,33 @@ def profile_pass(model: GptOss, *, decode: bool, tokens: int, context: int) -> t
     one_pass()  # warm-up: compiles
     prof = one_pass()
     on_gpu = model.device.type == "cuda"
-    by_stage = {name: 0.0 for name in STAGES}
-    for item in prof.key_averages():
-        if item.key in by_stage:
-            by_stage[item.key] += _event_time_us(item, on_gpu)
-    kernels: dict[str, float] = {}
     if on_gpu:
-        for event in prof.events():
-            if getattr(event, "device_type", None) == torch.autograd.DeviceType.CUDA:
-                kernels[event.name] = kernels.get(event.name, 0.0) + float(event.device_time)
-    total = sum(kernels.values()) or sum(by_stage.values()) or 1.0
+        by_stage, kernels = kernels_by_stage(prof.events())
+    else:
+        by_stage = {name: 0.0 for name in (*STAGES, "other")}
+        for item in prof.key_averages():
+            if item.key in by_stage:
+                by_stage[item.key] += _cpu_time_us(item)
+        kernels = {}
+    total = sum(by_stage.values()) or 1.0
     costs = stage_costs(model, tokens=1 if decode else tokens, context=context, decode=decode)
     stages = []
     for name, us in by_stage.items():
+        if name == "other" and not us:
+            continue
         nbytes, flops = costs.get(name, (None, None))
         stages.append(StageTime(name, us, us / total, nbytes / us / 1e3 if nbytes and us else None,
                                 flops / us / 1e6 if flops and us else None))
-    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:12]
+    top = sorted(kernels.values(), key=lambda k: -k.gpu_us)
     return stages, top
 
 
-def format_stage_table(title: str, stages: list[StageTime], top: list[tuple[str, float]], copy_gbps: float | None,
+def format_stage_table(title: str, stages: list[StageTime], top: list[KernelTime], copy_gbps: float | None,
                        peak_tflops: float | None) -> list[str]:
     """Markdown lines of one profiled pass."""
     total = sum(s.gpu_us for s in stages)
     where = "GPU" if copy_gbps else "CPU"
-    lines = [f"#### {title}: {total:.0f} µs of {where} time in the stages", "",
+    lines = [f"#### {title}: {total:.0f} µs of {where} time ({'kernel durations, eager pass' if copy_gbps else 'interpreter'})", "",
              f"| stage | {where} µs | share | GB/s | of copy BW | TFLOP/s | of bf16 peak |", "|---|---|---|---|---|---|---|"]
     for s in stages:
         gb = f"{s.gbps:.0f}" if s.gbps else ""
@@ -253,8 +295,11 @@ def format_stage_table(title: str, stages: list[StageTime], top: list[tuple[str,
         tf = f"{s.tflops:.1f}" if s.tflops else ""
         tf_frac = f"{s.tflops / peak_tflops:.2f}" if s.tflops and peak_tflops else ""
         lines.append(f"| {s.stage} | {s.gpu_us:.1f} | {s.share:.1%} | {gb} | {gb_frac} | {tf} | {tf_frac} |")
-    lines += ["", "| kernel | GPU µs |", "|---|---|"]
-    lines += [f"| `{name[:90]}` | {us:.1f} |" for name, us in top]
+    if top:
+        launches = sum(k.calls for k in top)
+        lines += ["", f"{launches} kernel launches (memcpy/memset included), {len(top)} distinct; the 15 longest:",
+                  "", "| kernel | calls | GPU µs | share |", "|---|---|---|---|"]
+        lines += [f"| `{k.name[:90]}` | {k.calls} | {k.gpu_us:.1f} | {k.gpu_us / total:.1%} |" for k in top[:15]]
     return lines + [""]
 
 

@@ -156,6 +156,13 @@ def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int |
                               (f"prefill of {pp} tokens", dict(decode=False, tokens=pp, context=pp))):
             stages, top = bench.profile_pass(model, **kwargs)
             lines += bench.format_stage_table(title, stages, top, copy_gbps, mm_tflops)
+            result = settings["table"][1].get(f"tg{tg}")
+            if kwargs["decode"] and result is not None and device.type == "cuda":
+                busy = sum(s.gpu_us for s in stages)
+                tpot = 1e6 / result.mean
+                lines += [f"A CUDA-graph decode step takes {tpot:.0f} µs (TPOT of tg{tg}) against {busy:.0f} µs of "
+                          f"kernel time: {max(tpot - busy, 0.0):.0f} µs between kernels "
+                          f"({sum(k.calls for k in top)} launches).", ""]
     text = "\n".join(lines)
     print(text)
     if out:

@@ -8,10 +8,16 @@ expert: row ``r`` of the sorted order belongs to expert ``row_expert[r]``, reads
 weighted by ``row_gate[r]``; ``expert_offsets[e] : expert_offsets[e + 1]`` is expert ``e``'s segment. The row-block
 schedule (which BLOCK_M rows a program owns) is derived from ``expert_offsets`` inside the GEMM kernel, so nothing
 here depends on a tuned tile size and everything runs without a host synchronisation (CUDA-graph capturable).
+
+:func:`route` has two implementations. Small calls (decode: T·k <= 512, E <= 256, on CUDA or under Triton's
+interpreter) take one Triton launch (:mod:`kernels.moe_routing_kernel`): in a CUDA-graph decode step the torch path
+below replays about 15 tiny kernels per layer, which then dominate the step time. Everything else takes the torch
+path (``torch.topk``, ``torch.softmax``, :func:`group_by_expert`), which is also the reference of the fused kernel.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +67,14 @@ class Routing:
 def route(router_logits: torch.Tensor, top_k: int) -> Routing:
     """Top-k routing with softmax over the selected logits, rows grouped by expert.
 
+    Dispatch: when :func:`kernels.moe_routing_kernel.fused_routing_supported` holds (CUDA tensor, or CPU tensor
+    while ``TRITON_INTERPRET=1``; T·k <= 512, E <= 256, no autograd) the whole routing is one Triton launch, since
+    in a CUDA-graph decode step the ~15 small kernels of the torch path cost more than the routing itself; else the
+    torch path (:func:`route_torch`). Both are free of host synchronisation (CUDA-graph capturable) and give the
+    same experts, rows and offsets for logits without ties. Ties: the fused kernel takes the lowest expert index;
+    ``torch.topk`` leaves the choice unspecified on CUDA. Gates: see :mod:`kernels.moe_routing_kernel` (equal up to
+    the exp and summation order of the backend).
+
     Args:
         router_logits: ``[T, E]`` router outputs (any float dtype; the softmax runs in float32).
         top_k: k, the experts per token (4 in gpt-oss).
@@ -71,11 +85,37 @@ def route(router_logits: torch.Tensor, top_k: int) -> Routing:
     Raises:
         ValueError: if ``router_logits`` is not 2-D or ``top_k`` is not in ``1..E``.
     """
+    _check_route_args(router_logits, top_k)
+    if _fused_allowed(router_logits):
+        from kernels import moe_routing_kernel  # imports triton: only when needed (the CLI sets the interpreter first)
+
+        if moe_routing_kernel.fused_routing_supported(router_logits, top_k):
+            return moe_routing_kernel.route_fused(router_logits, top_k)
+    return route_torch(router_logits, top_k)
+
+
+def _check_route_args(router_logits: torch.Tensor, top_k: int) -> None:
     if router_logits.dim() != 2:
         raise ValueError(f"router_logits must be [T, E], got shape {tuple(router_logits.shape)}")
-    num_tokens, num_experts = router_logits.shape
+    num_experts = router_logits.shape[1]
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"top_k={top_k} must be in 1..{num_experts}")
+
+
+def _fused_allowed(router_logits: torch.Tensor) -> bool:
+    """Cheap pre-check (no triton import): a CUDA tensor, or a CPU tensor while the Triton interpreter is on."""
+    device = router_logits.device.type
+    return device == "cuda" or (device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def route_torch(router_logits: torch.Tensor, top_k: int) -> Routing:
+    """The torch implementation of :func:`route` (the reference of the fused kernel; taken for large T).
+
+    Args, Returns and Raises: as :func:`route`. About 15 kernel launches on CUDA (topk, softmax, stable sort,
+    searchsorted, gathers, casts).
+    """
+    _check_route_args(router_logits, top_k)
+    num_experts = router_logits.shape[1]
     top_logits, top_ids = torch.topk(router_logits.float(), top_k, dim=-1, sorted=True)  # [T, k] each
     gates = torch.softmax(top_logits, dim=-1)  # [T, k]
     return group_by_expert(top_ids.to(torch.int32), gates, num_experts)

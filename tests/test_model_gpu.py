@@ -1,5 +1,11 @@
 """GPU check of the built-in loop in bf16 at gpt-oss-20b widths (2 layers: one sliding, one full) against HF
-transformers in float32 on the same GPU with the same weights; and CUDA-graph decode against eager decode."""
+transformers in float32 on the same GPU with the same weights; and CUDA-graph decode against eager decode.
+
+Routing is the one discrete step: a token whose 4th and 5th router logits lie closer than bf16 rounding (~4e-3 at
+these magnitudes) can pick a different 4th expert than the fp32 reference, and that token's output then differs by
+a whole expert's share (measured on the H200: 0.19 of the largest logit with free routing). So HF runs with our
+expert choices (its own fp32 router logits still give the gates), and the choices themselves are checked apart:
+they must agree with HF's own top-k for nearly every (token, layer)."""
 
 from __future__ import annotations
 
@@ -7,6 +13,11 @@ import pytest
 import torch
 
 pytestmark = pytest.mark.gpu
+
+ROUTING_AGREEMENT = 0.95
+"""Least fraction of (token, layer) pairs where our top-k expert set equals HF fp32's. Near ties flip a few percent
+under bf16 rounding (4 of 32 experts chosen from N(0, 1) logits); a router that ranks the wrong logits agrees on
+few pairs (two random 4-sets of 32 coincide with probability 1/35960)."""
 
 LOGIT_TOL_BF16 = 0.03
 """Max |ours − HF fp32| / max|HF logits| per position. Ours rounds activations to bf16 (unit roundoff 2^-8 = 3.9e-3)
@@ -35,6 +46,45 @@ def setup():
     return model, hf, prompt
 
 
+class ForcedRouting:
+    """Records the expert choices of our model per layer and makes HF's routers use them, in the same order."""
+
+    def __init__(self, model, hf, monkeypatch):
+        import collections
+
+        import autotune.model.model as model_module
+
+        self.layers = model.config.num_hidden_layers
+        self.queues = [collections.deque() for _ in range(self.layers)]
+        self.calls = 0
+        self.agree = self.total = 0
+        original = model_module.route
+
+        def recording_route(router_logits, top_k):
+            routing = original(router_logits, top_k)
+            self.queues[self.calls % self.layers].append(routing.topk_ids.long())
+            self.calls += 1
+            return routing
+
+        monkeypatch.setattr(model_module, "route", recording_route)
+        for n, layer in enumerate(hf.model.layers):
+            layer.mlp.router.register_forward_hook(self._hook(n))
+
+    def _hook(self, n):
+        def force(module, inputs, output):
+            logits, _scores, own_ids = output
+            ids = self.queues[n].popleft()
+            assert ids.shape == own_ids.shape, (ids.shape, own_ids.shape)
+            self.agree += int((ids.sort(-1).values == own_ids.sort(-1).values).all(-1).sum())
+            self.total += ids.shape[0]
+            return logits, torch.softmax(logits.gather(-1, ids), dim=-1), ids
+        return force
+
+    @property
+    def agreement(self) -> float:
+        return self.agree / max(self.total, 1)
+
+
 def _rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return float(((ours.float() - ref.float()).abs().amax(-1) / ref.float().abs().amax(-1)).max())
 
@@ -47,10 +97,11 @@ def _same_greedy_choice(ours: torch.Tensor, ref: torch.Tensor) -> bool:
 
 
 @torch.inference_mode()
-def test_bf16_logits_and_greedy_tokens_match_hf_fp32(setup):
+def test_bf16_logits_and_greedy_tokens_match_hf_fp32(setup, monkeypatch):
     from autotune.model.generation import DecodeRunner
 
     model, hf, prompt = setup
+    forced = ForcedRouting(model, hf, monkeypatch)
     cache = model.new_cache(1, PROMPT_LEN + DECODE_STEPS + 1)
     tri_prefill = model.prefill(torch.tensor([prompt], device="cuda"), cache, all_logits=True)[0]
     out = hf(input_ids=torch.tensor([prompt], device="cuda"), use_cache=True)
@@ -61,7 +112,7 @@ def test_bf16_logits_and_greedy_tokens_match_hf_fp32(setup):
     token = int(ref_prefill[-1].argmax())
     assert _same_greedy_choice(tri_prefill[-1], ref_prefill[-1])
 
-    runner = DecodeRunner(model, cache, cuda_graphs=True)
+    runner = DecodeRunner(model, cache, cuda_graphs=False)  # the recorded choices come from Python calls
     errors = []
     for step in range(DECODE_STEPS):
         tri = runner.step(torch.tensor([token], device="cuda"))[0]
@@ -70,9 +121,10 @@ def test_bf16_logits_and_greedy_tokens_match_hf_fp32(setup):
         errors.append(_rel_err(tri, ref))
         assert _same_greedy_choice(tri, ref), (step, int(tri.argmax()), int(ref.argmax()))
         token = int(ref.argmax())
-    print(f"decode max relative logit error {max(errors):.3e}")
+    print(f"decode max relative logit error {max(errors):.3e}; routing agreement {forced.agreement:.3f} "
+          f"over {forced.total} (token, layer) pairs")
     assert max(errors) < LOGIT_TOL_BF16
-    assert runner.graphs_captured >= 1
+    assert forced.agreement >= ROUTING_AGREEMENT
 
 
 GRAPH_VS_EAGER_TOL = 1e-2

@@ -85,7 +85,7 @@ def _fp8_e4m3_rtne(x):
     mag = bits & 0x7FFFFFFF
     # Normal e4m3 (|x| >= 2^-6): keep 3 of 23 mantissa bits, rounding to even; a carry moves into the exponent.
     # The exponent bias goes from 127 to 7: subtract 120 << 3 from the 8-bit exponent+mantissa field.
-    normal = ((mag + 0x80000) >> 20) - (120 << 3)
+    normal = ((mag + 0x7FFFF + ((mag >> 20) & 1)) >> 20) - (120 << 3)
     # Subnormal e4m3 (|x| < 2^-6): the code is round_even(|x| · 2^9) (0..8; 8 is the smallest normal, 2^-6).
     # |x| = m · 2^(e - 150) with the implicit bit in m, so |x| · 2^9 = m >> (141 - e) plus a remainder.
     exponent = mag >> 23
@@ -135,7 +135,7 @@ def rope_qkv_write_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_pt
     # A position outside the table or the cache masks the loads of cos/sin and the cache stores (no OOB access).
     pos_cols = tl.zeros([HALF_BLOCK], dtype=tl.int64) + pos
     table_mask = col_mask & (pos_cols >= 0) & (pos_cols < num_positions)
-    kv_mask = (table_mask & (pos_cols < capacity))[None, :]
+    kv_mask = (table_mask & (pos_cols < capacity - 1))[None, :]
     cos = tl.load(cos_ptr + pos * stride_cos + cols, mask=table_mask, other=0.0)[None, :]  # [1, HALF_BLOCK]
     sin = tl.load(sin_ptr + pos * stride_sin + cols, mask=table_mask, other=0.0)[None, :]
     row = qkv_ptr + n * stride_qkv

@@ -1,5 +1,6 @@
-"""The table committed under studies/tables/ (tuned on the lent H100): loads, covers the gpt_oss_20b preset, and every
-entry is still a valid config that passes the current constraints on the device it was tuned on."""
+"""The table committed under studies/tables/ (MoE GEMM tuned on the lent H100, attention on the lent H200): loads,
+covers the gpt_oss_20b preset, and every entry is still a valid config that passes the current constraints on the
+device it was tuned on."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from autotune.runtime import open_table
 from autotune.table import ConfigTable
 
 H100_KEY = "nvidia-h100-80gb-hbm3-sm90"
+H200_KEY = "nvidia-h200-sm90"
 
 
 def _profile(info: dict) -> DeviceProfile:
@@ -24,20 +26,21 @@ def table() -> ConfigTable:
     return ConfigTable.load(defaults.TABLE, missing_ok=False)
 
 
-def test_h100_section_covers_the_20b_preset(table):
-    assert H100_KEY in table.device_keys()
-    spec = registry.get("moe_gemm")
+@pytest.mark.parametrize("kernel, device_key", [("moe_gemm", H100_KEY), ("attention", H200_KEY)])
+def test_sections_cover_the_20b_preset(table, kernel, device_key):
+    assert device_key in table.device_keys()
+    spec = registry.get(kernel)
     wanted = {(variant, tuple(sorted(shape.items())))
-              for variant, shape in presets.expand(presets.load("gpt_oss_20b").kernels["moe_gemm"], spec)}
-    have = {(e.variant, tuple(sorted(e.shape.items()))) for e in table.entries(H100_KEY)}
+              for variant, shape in presets.expand(presets.load("gpt_oss_20b").kernels[kernel], spec)}
+    have = {(e.variant, tuple(sorted(e.shape.items()))) for e in table.entries(device_key) if e.kernel == kernel}
     assert wanted <= have, sorted(wanted - have)
 
 
 def test_entries_pass_current_constraints(table):
-    spec = registry.get("moe_gemm")
     for device_key in table.device_keys():
         device = _profile(table.device_info(device_key))
         for entry in table.entries(device_key):
+            spec = registry.get(entry.kernel)
             space = spec.space(entry.variant, entry.shape, device)
             assert space.validate(entry.config) == dict(entry.config), entry.key
             assert space.check(entry.config, entry.shape, device) is None, entry.key

@@ -215,5 +215,24 @@ def _bench_report(plan, settings, described, device, copy_gbps, mm_tflops) -> li
         lines.append(f"| {tgs[-1]} ÷ bandwidth bound | {fractions[0]:.2f} | {fractions[1]:.2f} | |")
     sources = {s: settings[s][0].configs.summary() for s in ("table", "no table")}
     lines += ["", f"configs served (distinct shapes): with table {sources['table']}, without {sources['no table']}",
-              ""]
+              "", f"table lookups per decode step (host, memoized): {_lookup_cost_us(model):.1f} µs", ""]
     return lines
+
+
+def _lookup_cost_us(model, repeats: int = 2000) -> float:
+    """Host time of the config lookups of one decode step (:meth:`GptOss.decode_key` on a batch-1 cache filled to
+    its capacity less one, capacity up to 129), µs, median of 5 batches of ``repeats`` calls."""
+    import statistics
+    import time
+
+    capacity = min(129, model.rope.max_positions)
+    cache = model.new_cache(1, capacity, model.configs.kv_dtype or "act")
+    cache.host_lens = [capacity - 1]
+    model.decode_key(cache)  # first lookup of these shapes fills the memo
+    samples = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model.decode_key(cache)
+        samples.append((time.perf_counter() - start) / repeats * 1e6)
+    return statistics.median(samples)

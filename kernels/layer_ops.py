@@ -11,9 +11,10 @@ roughly 40 launches per layer to 3 (CUDA graphs replay every launch, so fewer la
 - :func:`rope_qkv_write`: rotates q and k of a fused qkv projection, writes q to a buffer and k/v into the cache at
   each token's position (read on the device: CUDA-graph capturable); one program per (token, KV head).
 
-Both reproduce the torch formulas of :mod:`autotune.model` bit for bit under the Triton interpreter (see each
-function's "Numerics"). Both launch with ``enable_fp_fusion=False`` so that the GPU does not contract a multiply
-and an add into one FMA the torch reference rounds twice.
+Numerics follow the torch code of :mod:`autotune.model` (see each function's "Numerics"): RoPE and the cache
+stores bit for bit (GPU and interpreter); the norm bit for bit up to the summation order of the mean square (and,
+on GPUs, the hardware rsqrt). Both launch with ``enable_fp_fusion=False`` so that the GPU does not contract a
+multiply and an add into one FMA where the torch reference rounds twice.
 
 Legend: N rows (tokens), H hidden size, B sequences, T tokens per sequence (N = B·T), S cache capacity, P RoPE table
 length, Hq/Hkv query/KV heads, G = Hq / Hkv, D head dim.
@@ -135,7 +136,7 @@ def rope_qkv_write_kernel(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_pt
     # A position outside the table or the cache masks the loads of cos/sin and the cache stores (no OOB access).
     pos_cols = tl.zeros([HALF_BLOCK], dtype=tl.int64) + pos
     table_mask = col_mask & (pos_cols >= 0) & (pos_cols < num_positions)
-    kv_mask = (table_mask & (pos_cols < capacity - 1))[None, :]
+    kv_mask = (table_mask & (pos_cols < capacity))[None, :]
     cos = tl.load(cos_ptr + pos * stride_cos + cols, mask=table_mask, other=0.0)[None, :]  # [1, HALF_BLOCK]
     sin = tl.load(sin_ptr + pos * stride_sin + cols, mask=table_mask, other=0.0)[None, :]
     row = qkv_ptr + n * stride_qkv

@@ -1,6 +1,7 @@
-"""The gpt-oss transformer, run with this project's Triton kernels: MXFP4 MoE GEMMs (``kernels.moe_gemm``) and
-flash attention with sinks (``kernels.attention``); embeddings, norms, RoPE, projections and the router stay in
-torch. Each kernel call takes its config from :class:`autotune.model.kernel_configs.KernelConfigs`.
+"""The gpt-oss transformer, run with this project's Triton kernels: MXFP4 MoE GEMMs (``kernels.moe_gemm``), flash
+attention with sinks (``kernels.attention``), residual add + RMSNorm and RoPE + KV-cache store
+(``kernels.layer_ops``), routing (``kernels.moe_routing``); the embedding lookup and the dense projections (qkv, out,
+router, unembedding) are torch (cuBLAS). Each kernel call takes its config from :class:`autotune.model.kernel_configs.KernelConfigs`.
 
 Follows openai/gpt-oss ``gpt_oss/torch/model.py`` (the architecture is summarized in FACTS.md). Legend: B sequences,
 T new tokens per sequence, N = B·T tokens, H hidden, V vocabulary, Hq/Hkv query/KV heads, D head dim, E experts,
@@ -19,7 +20,8 @@ from autotune.model.config import ModelConfig
 from autotune.model.kernel_configs import KernelConfigs
 from autotune.model.kv_cache import KVCache
 from autotune.model.rope import RopeTable
-from kernels.attention import KV_DTYPES, AttentionConfig, attention_decode, attention_prefill, to_kv_dtype
+from kernels.attention import KV_DTYPES, AttentionConfig, attention_decode, attention_prefill
+from kernels.layer_ops import add_rms_norm, rope_qkv_write
 from kernels.moe_gemm import MoeGemmConfig, moe_mlp1, moe_mlp2
 from kernels.moe_routing import route
 
@@ -33,7 +35,10 @@ RMS_EPS = 1e-5
 
 
 def rms_norm(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``x / sqrt(mean(x²) + eps) · scale`` in float32, rounded once to x's dtype. x ``[N, H]``, scale fp32 ``[H]``."""
+    """``x / sqrt(mean(x²) + eps) · scale`` in float32, rounded once to x's dtype. x ``[N, H]``, scale fp32 ``[H]``.
+
+    The torch statement of the norm; the forward pass runs :func:`kernels.layer_ops.add_rms_norm`, which
+    tests/test_layer_ops.py checks against this."""
     x32 = x.float()
     return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + RMS_EPS) * scale).to(x.dtype)
 
@@ -128,37 +133,61 @@ class GptOss:
         self.configs.set_kv_dtype(kv_dtype)
         return KVCache(self.config, batch, capacity, self.kv_storage(kv_dtype), self.device)
 
-    # ------------------------------------------------------------------------------------------------ blocks
-    def _mlp(self, x: torch.Tensor, layer: LayerWeights) -> torch.Tensor:
-        """MoE MLP with its residual: ``x + Σ_k gate_k · (mlp2(swiglu(mlp1(norm(x)) + b1)) + b2)``. x ``[N, H]``."""
-        tokens = x.shape[0]
-        with self._stage("mlp_norm_router"):
-            h = rms_norm(x, layer.mlp_norm)                              # [N, H]
-            router_logits = F.linear(h, layer.gate_w, layer.gate_b)      # [N, E]
-        with self._stage("routing"):
-            routing = route(router_logits, self.config.experts_per_token)
-        with self._stage("moe_mlp1"):
-            a = moe_mlp1(h, routing, layer.mlp1_blocks, layer.mlp1_scales, layer.mlp1_bias,
-                         self.configs.moe("mlp1", tokens))                # [R, I]
-        with self._stage("moe_mlp2"):
-            y = moe_mlp2(a, routing, layer.mlp2_blocks, layer.mlp2_scales, layer.mlp2_bias,
-                         self.configs.moe("mlp2", tokens))                # [N, H] fp32, gate-weighted sum over k
-            return (x.float() + y).to(x.dtype)
+    # ------------------------------------------------------------------------------------------------ layers
+    def _layers(self, x: torch.Tensor, cache: KVCache, positions: torch.Tensor, *, tokens_per_seq: int,
+                first_seq: int, attend) -> torch.Tensor:
+        """Every transformer block over the residual stream ``x`` (updated in place), then the final RMSNorm.
 
-    def _qkv(self, x: torch.Tensor, layer: LayerWeights) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalized input → q ``[N, Hq, D]``, k and v ``[N, Hkv, D]`` (views of one projection)."""
+        Each block's two residual adds are fused into the RMSNorm that follows them (the MoE output of block n is
+        added by block n + 1's attention norm, the last one by the final norm); RoPE and the KV-cache store are one
+        launch. Numerically the same as ``x = x + attn(norm(x)); x = (x.float() + moe(norm(x))).to(x.dtype)``.
+
+        Args:
+            x: ``[N, H]`` activation dtype, N = B'·T tokens, owned by this call.
+            cache: the KV cache.
+            positions: int32/int64 ``[N]`` on the device: each token's position (= its cache slot).
+            tokens_per_seq: T.
+            first_seq: the cache row of the first sequence.
+            attend: ``attend(n, layer, q) -> [N, Hq·D]`` the attention of block n over the cache.
+
+        Returns:
+            ``[N, H]``: the final RMSNorm of the residual stream, activation dtype.
+        """
         c = self.config
-        with self._stage("attn_norm_qkv"):
-            qkv = F.linear(rms_norm(x, layer.attn_norm), layer.qkv_w, layer.qkv_b)  # [N, Hq·D + 2·Hkv·D]
-        q = qkv[:, :c.q_size].view(-1, c.num_attention_heads, c.head_dim)
-        k = qkv[:, c.q_size:c.q_size + c.kv_size].view(-1, c.num_key_value_heads, c.head_dim)
-        v = qkv[:, c.q_size + c.kv_size:].view(-1, c.num_key_value_heads, c.head_dim)
-        return q, k, v
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm and unembedding: ``[..., H]`` → float32 ``[..., V]``."""
+        tokens = x.shape[0]
+        pending = None  # the previous block's MoE output, float32 [N, H]
+        for n, layer in enumerate(self.layers):
+            with self._stage("attn_norm_qkv"):
+                x, h = add_rms_norm(x, pending, layer.attn_norm, eps=RMS_EPS, inplace=True)
+                qkv = F.linear(h, layer.qkv_w, layer.qkv_b)                 # [N, Hq·D + 2·Hkv·D]
+            with self._stage("rope_kv_write"):
+                q = torch.empty(tokens, c.num_attention_heads, c.head_dim, dtype=x.dtype, device=x.device)
+                rope_qkv_write(qkv, positions, self.rope.cos, self.rope.sin, q, cache.k[n], cache.v[n],
+                               heads_q=c.num_attention_heads, heads_kv=c.num_key_value_heads, head_dim=c.head_dim,
+                               tokens_per_seq=tokens_per_seq, first_seq=first_seq)
+            with self._stage("attention"):
+                attn = attend(n, layer, q)                                  # [N, Hq·D]
+            with self._stage("attn_out"):
+                delta = F.linear(attn, layer.out_w, layer.out_b)            # [N, H]
+            with self._stage("mlp_norm_router"):
+                x, h = add_rms_norm(x, delta, layer.mlp_norm, eps=RMS_EPS, inplace=True)
+                router_logits = F.linear(h, layer.gate_w, layer.gate_b)     # [N, E]
+            with self._stage("routing"):
+                routing = route(router_logits, c.experts_per_token)
+            with self._stage("moe_mlp1"):
+                a = moe_mlp1(h, routing, layer.mlp1_blocks, layer.mlp1_scales, layer.mlp1_bias,
+                             self.configs.moe("mlp1", tokens))               # [R, I]
+            with self._stage("moe_mlp2"):
+                pending = moe_mlp2(a, routing, layer.mlp2_blocks, layer.mlp2_scales, layer.mlp2_bias,
+                                   self.configs.moe("mlp2", tokens))         # [N, H] fp32, gate-weighted sum over k
         with self._stage("unembed"):
-            return F.linear(rms_norm(x, self.final_norm), self.unembedding).float()
+            _, h = add_rms_norm(x, pending, self.final_norm, eps=RMS_EPS, inplace=True)
+        return h
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Unembedding of final-normed rows: ``[..., H]`` → float32 ``[..., V]``."""
+        with self._stage("unembed"):
+            return F.linear(h, self.unembedding).float()
 
     # ------------------------------------------------------------------------------------------------ passes
     def prefill(self, tokens: torch.Tensor, cache: KVCache, *, rows: slice | None = None,
@@ -168,17 +197,20 @@ class GptOss:
         Args:
             tokens: int64 ``[B', T]``: T new tokens for each sequence of ``rows``.
             cache: the KV cache; the sequences of ``rows`` must all hold the same number of tokens.
-            rows: which cache rows the B' sequences are (default: all).
+            rows: which cache rows the B' sequences are (default: all), a slice with step 1.
             all_logits: return the logits of every position instead of the last one.
 
         Returns:
             float32 logits ``[B', V]`` (last position) or ``[B', T, V]``.
 
         Raises:
-            ValueError: mismatched batch, unequal fill levels, or a cache without room for T tokens.
+            ValueError: mismatched batch, a slice with a step, unequal fill levels, or a cache without room for T
+                tokens.
         """
         c = self.config
         rows = rows if rows is not None else slice(0, cache.batch)
+        if rows.step not in (None, 1):
+            raise ValueError(f"prefill rows must be a slice with step 1, got {rows}")
         indices = range(cache.batch)[rows]
         batch, length = tokens.shape
         if batch != len(indices) or length < 1:
@@ -189,29 +221,22 @@ class GptOss:
         start = starts.pop()
         for i in indices:
             cache.check_room(i, length)
-        positions = torch.arange(start, start + length, device=self.device)  # [T]
+        positions = torch.arange(start, start + length, device=self.device).repeat(batch)  # [N]
         with self._stage("embed"):
             x = self.embedding[tokens.reshape(-1)]                             # [N, H]
-        for n, layer in enumerate(self.layers):
-            q, k, v = self._qkv(x, layer)
-            with self._stage("rope_kv_write"):
-                q = self.rope.apply(q.view(batch, length, c.num_attention_heads, c.head_dim), positions)
-                k = self.rope.apply(k.view(batch, length, c.num_key_value_heads, c.head_dim), positions)
-                cache.k[n][rows, start:start + length] = to_kv_dtype(k, cache.dtype)
-                cache.v[n][rows, start:start + length] = to_kv_dtype(
-                    v.view(batch, length, c.num_key_value_heads, c.head_dim), cache.dtype)
-            with self._stage("attention"):
-                config = self.configs.attention("prefill", batch, start + length, layer.window)
-                attn = attention_prefill(q, cache.k[n][rows], cache.v[n][rows], layer.sinks, start_pos=start,
-                                         window=layer.window, sm_scale=c.sm_scale, config=config)  # [B',T,Hq,D]
-            with self._stage("attn_out"):
-                x = x + F.linear(attn.reshape(batch * length, c.q_size), layer.out_w, layer.out_b)
-            x = self._mlp(x, layer)
+
+        def attend(n: int, layer: LayerWeights, q: torch.Tensor) -> torch.Tensor:
+            config = self.configs.attention("prefill", batch, start + length, layer.window)
+            return attention_prefill(q.view(batch, length, c.num_attention_heads, c.head_dim), cache.k[n][rows],
+                                     cache.v[n][rows], layer.sinks, start_pos=start, window=layer.window,
+                                     sm_scale=c.sm_scale, config=config).view(batch * length, c.q_size)
+
+        h = self._layers(x, cache, positions, tokens_per_seq=length, first_seq=indices.start, attend=attend)
         for i in indices:
             cache.host_lens[i] += length
         cache.lens[rows] += length
-        x = x.view(batch, length, c.hidden_size)
-        return self._logits(x if all_logits else x[:, -1])
+        h = h.view(batch, length, c.hidden_size)
+        return self._logits(h if all_logits else h[:, -1])
 
     def decode_key(self, cache: KVCache) -> DecodeKey:
         """The configs of the next decode step (the context length is the longest sequence's, after the step)."""
@@ -237,24 +262,15 @@ class GptOss:
         """
         c = self.config
         batch = tokens.shape[0]
-        positions = cache.lens.long()                  # [B]: where the new token goes
-        new_lens = cache.lens + 1                      # [B] int32
-        rows = torch.arange(batch, device=self.device)
+        new_lens = cache.lens + 1                      # [B] int32: the lengths once this token is in
         with self._stage("embed"):
             x = self.embedding[tokens]                 # [B, H]
-        for n, layer in enumerate(self.layers):
-            q, k, v = self._qkv(x, layer)
-            with self._stage("rope_kv_write"):
-                q = self.rope.apply(q, positions)      # [B, Hq, D]
-                k = self.rope.apply(k, positions)      # [B, Hkv, D]
-                cache.k[n][rows, positions] = to_kv_dtype(k, cache.dtype)
-                cache.v[n][rows, positions] = to_kv_dtype(v, cache.dtype)
-            with self._stage("attention"):
-                config = key.attention_sliding if layer.window else key.attention_full
-                attn = attention_decode(q, cache.k[n], cache.v[n], layer.sinks, new_lens, window=layer.window,
-                                        sm_scale=c.sm_scale, config=config)  # [B, Hq, D]
-            with self._stage("attn_out"):
-                x = x + F.linear(attn.reshape(batch, c.q_size), layer.out_w, layer.out_b)
-            x = self._mlp(x, layer)
+
+        def attend(n: int, layer: LayerWeights, q: torch.Tensor) -> torch.Tensor:
+            config = key.attention_sliding if layer.window else key.attention_full
+            return attention_decode(q, cache.k[n], cache.v[n], layer.sinks, new_lens, window=layer.window,
+                                    sm_scale=c.sm_scale, config=config).view(batch, c.q_size)
+
+        h = self._layers(x, cache, cache.lens, tokens_per_seq=1, first_seq=0, attend=attend)
         cache.lens.copy_(new_lens)
-        return self._logits(x)
+        return self._logits(h)

@@ -64,6 +64,9 @@ class RopeTable:
     def apply(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rotate ``x`` by its positions: ``x1' = x1·cos − x2·sin``, ``x2' = x2·cos + x1·sin`` for the halves.
 
+        The torch statement of RoPE; the forward pass runs :func:`kernels.layer_ops.rope_qkv_write` on these tables,
+        which tests/test_layer_ops.py checks against this bit for bit.
+
         Args:
             x: ``[..., N, heads, D]``, any float dtype.
             positions: int64 ``[..., N]`` (broadcast against x's leading dims), each < ``max_positions``.

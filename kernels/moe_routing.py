@@ -72,8 +72,8 @@ def route(router_logits: torch.Tensor, top_k: int) -> Routing:
     in a CUDA-graph decode step the ~15 small kernels of the torch path cost more than the routing itself; else the
     torch path (:func:`route_torch`). Both are free of host synchronisation (CUDA-graph capturable) and give the
     same experts, rows and offsets for logits without ties. Ties: the fused kernel takes the lowest expert index;
-    ``torch.topk`` leaves the choice unspecified on CUDA. Gates: see :mod:`kernels.moe_routing_kernel` (equal up to
-    the exp and summation order of the backend).
+    ``torch.topk`` leaves the choice unspecified on CUDA. Gates: bit-equal on CUDA in every case tried, a few ulp
+    apart under the interpreter (numpy's exp); see :mod:`kernels.moe_routing_kernel`.
 
     Args:
         router_logits: ``[T, E]`` router outputs (any float dtype; the softmax runs in float32).

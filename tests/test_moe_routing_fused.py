@@ -3,14 +3,15 @@
 
 Where they run: on a CPU-only machine under Triton's interpreter (tests/conftest.py sets ``TRITON_INTERPRET=1``
 before triton is imported; CPU tensors), else on the GPU (CUDA tensors, the compiled kernel). fp32 and fp16 logits
-only: the interpreter has no bf16 numpy type (the ``gpu`` test adds bf16).
+only under the interpreter (the project keeps bf16 off it); the ``gpu`` test adds bf16.
 
 What "equal" means (:func:`assert_same_routing`): ``topk_ids``, ``row_token``, ``row_expert`` and
 ``expert_offsets`` are bit-equal (``torch.equal``) to the torch path, and ``row_gate`` is bit-equal to the fused
 call's own ``topk_gates`` taken in sorted-row order. The gates themselves are bit-equal to ``torch.softmax`` on
 CUDA (same expf, summation order and IEEE division; see the module docstring of the kernel) but not under the
-interpreter, whose ``tl.exp`` is numpy's float32 exp while torch's CPU softmax uses its own vectorised exp (they
-differ in the last bit for about a third of the arguments): there the gates must agree to :data:`GATE_ULPS` ulp.
+interpreter, whose ``tl.exp`` is numpy's float32 exp while torch's CPU softmax uses its own vectorised exp (numpy's
+and torch's float32 exp differed in the last bit for 20 to 35 % of the arguments tried): there the gates must agree
+to :data:`GATE_ULPS` ulp.
 
 Logits are drawn without ties (a shuffled grid plus jitter, checked per row), since ``torch.topk`` leaves the order
 of equal values unspecified; ties are tested separately against the lowest-index rule. The offline-compile tests
@@ -177,9 +178,9 @@ def test_limits_are_the_documented_ones():
     at_rows = torch.zeros((FUSED_MAX_ROWS // 4, 32), device=DEVICE)
     assert fused_routing_supported(at_rows, 4) and not fused_routing_supported(at_rows[:, :31], 32)
     assert fused_routing_supported(torch.zeros((1, FUSED_MAX_EXPERTS), device=DEVICE), 4)
-    wide = torch.zeros((FUSED_MAX_TILE // 128, 128), device=DEVICE)  # the largest tile at E = 128
-    assert fused_routing_supported(wide, 4)
-    assert not fused_routing_supported(torch.zeros((FUSED_MAX_TILE // 128 + 1, 128), device=DEVICE), 4)
+    assert fused_routing_supported(torch.zeros((FUSED_MAX_TILE // 128, 128), device=DEVICE), 4)
+    wide = torch.zeros((FUSED_MAX_TILE // 256 + 1, 256), device=DEVICE)  # R = 65 rows, but a 128 x 256 tile
+    assert fused_routing_supported(wide[:-1], 1) and not fused_routing_supported(wide, 1)
     assert not fused_routing_supported(torch.zeros((0, 8), device=DEVICE), 2)  # T = 0: torch path
     assert not fused_routing_supported(torch.zeros((2, 8), dtype=torch.int32, device=DEVICE), 2)
     grad = torch.zeros((2, 8), device=DEVICE, requires_grad=True)
@@ -298,7 +299,8 @@ def compile_report(capability: int) -> dict:
     kernel = moe_routing_kernel.moe_route_fused_kernel
     target = GPUTarget("cuda", capability, 32)
     try:  # can Triton produce code for this target at all? (a trivial kernel, so that our kernel's bugs fail)
-        probe = ASTSource(fn=_probe_kernel, signature={"o_ptr": "*i32", "BLOCK": "constexpr"}, constexprs={"BLOCK": 128})
+        probe = ASTSource(fn=_probe_kernel, signature={"o_ptr": "*i32", "BLOCK": "constexpr"},
+                          constexprs={"BLOCK": 128})
         triton.compile(probe, target=target, options={"num_warps": 4})
     except Exception as exc:  # no CUDA backend, no ptxas, or a ptxas without this target
         return {"skip": f"triton.compile for cuda:{capability} is not possible here: {type(exc).__name__}: {exc}"}
@@ -310,12 +312,8 @@ def compile_report(capability: int) -> dict:
         attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names) if name.endswith("_ptr")}
         source = ASTSource(fn=kernel, signature=signature, constexprs=config, attrs=attrs)
         compiled = triton.compile(source, target=target, options={"num_warps": num_warps})
-        try:
-            sass = compiled.asm["sass"]  # disassembled lazily (cuobjdump / nvdisasm): optional
-        except Exception:
-            sass = None
         report[f"T{num_tokens}-E{num_experts}-k{top_k}"] = {
-            "cubin_bytes": len(compiled.asm["cubin"]), "ptx": compiled.asm["ptx"], "sass": sass,
+            "cubin_bytes": len(compiled.asm["cubin"]), "ptx": compiled.asm["ptx"],
             "num_warps": int(compiled.metadata.num_warps), "expected_warps": num_warps}
     return report
 
@@ -348,8 +346,6 @@ def test_fused_kernel_compiles_offline(compiled):
         assert re.search(rf"^\.target sm_{cap}a?\b", item["ptx"], re.MULTILINE), name
         assert item["num_warps"] == item["expected_warps"], name
         assert "div.rn.f32" in item["ptx"], name  # IEEE division, as torch.softmax
-        if item["sass"] is not None:  # no register spills at the launcher's warps (the tile limit's reason)
-            assert not re.search(r"\b(?:STL|LDL)\b", item["sass"]), f"{name} spills to local memory"
 
 
 if __name__ == "__main__":  # the offline-compile subprocess of the `compiled` fixture

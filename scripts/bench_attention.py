@@ -24,12 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import kernels.attention as attn  # noqa: E402
-from autotune import device as device_mod  # noqa: E402
 from autotune import registry  # noqa: E402
-from autotune.runtime import open_table  # noqa: E402
 from autotune.timing import median_us  # noqa: E402
-from scripts.bench_common import checked_error, environment_lines, kernel_calls  # noqa: E402
-from scripts.bench_moe_gemm import measure_peaks  # noqa: E402
+from scripts.bench_common import (checked_error, emit_report, environment_lines, kernel_calls,  # noqa: E402
+                                  open_gpu_bench)
 
 GPT_OSS = dict(batch=1, heads_q=64, heads_kv=8, head_dim=64)
 """Attention dimensions of both gpt-oss sizes (FACTS.md)."""
@@ -96,12 +94,11 @@ def main() -> int:
     parser.add_argument("--rep-ms", type=float, default=100.0)
     parser.add_argument("--out", help="also write the report (markdown) here")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    opened = open_gpu_bench(args.table)
+    if opened is None:
         print("bench_attention: needs a CUDA GPU", file=sys.stderr)
         return 2
-    device = device_mod.detect(0)
-    table = open_table(args.table, device)
-    copy_gbps, mm_tflops = measure_peaks()
+    device, table, copy_gbps, mm_tflops = opened
     lines = [
         "# Attention benchmark, gpt-oss shapes (Hq 64, Hkv 8, D 64, batch 1)",
         "",
@@ -125,11 +122,7 @@ def main() -> int:
                     f"{cfg.BLOCK_M}/{cfg.BLOCK_N}/w{cfg.num_warps}/s{cfg.num_stages}/split{cfg.SPLIT_KV}/"
                     f"{cfg.kv_dtype} | {row['source']} |")
                 print(lines[-1], flush=True)
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(report)
+    emit_report(lines, args.out)
     return 0
 
 

@@ -35,6 +35,22 @@ def checked_error(kernel: ModuleType, variant: str, shape, config, seed: int) ->
     return err
 
 
+def open_gpu_bench(table_path: str | None):
+    """What every GPU benchmark starts with: the device profile, the table opened for it, the measured peaks.
+
+    Returns:
+        ``(device, table, copy GB/s, bf16 matmul TFLOP/s)``, or None without a CUDA GPU.
+    """
+    if not torch.cuda.is_available():
+        return None
+    from autotune import device as device_mod
+    from autotune.peaks import measure_peaks
+    from autotune.runtime import open_table
+
+    device = device_mod.detect(0)
+    return (device, open_table(table_path, device), *measure_peaks())
+
+
 def environment_lines(device, table, copy_gbps: float, mm_tflops: float) -> list[str]:
     """The report lines that say what was measured where: date, device, driver and versions, table, peaks."""
     import datetime
@@ -50,3 +66,14 @@ def environment_lines(device, table, copy_gbps: float, mm_tflops: float) -> list
         f"python {platform.python_version()}; table {table.table.path if table.table else 'none (defaults)'}",
         f"measured copy {copy_gbps:.0f} GB/s (read+write), bf16 8192^3 matmul {mm_tflops:.0f} TFLOP/s",
     ]
+
+
+def emit_report(lines: list[str], out: str | None) -> None:
+    """Print the markdown report and, with ``out``, also write it there (parent folders created)."""
+    from pathlib import Path
+
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(report)

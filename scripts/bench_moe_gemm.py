@@ -24,13 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import kernels.moe_gemm as moe  # noqa: E402
-from autotune import device as device_mod  # noqa: E402
 from autotune import registry  # noqa: E402
-from autotune.peaks import measure_peaks  # noqa: E402
-from autotune.runtime import open_table  # noqa: E402
 from autotune.timing import median_us  # noqa: E402
 from kernels.moe_routing import route  # noqa: E402
-from scripts.bench_common import checked_error, environment_lines, kernel_calls  # noqa: E402
+from scripts.bench_common import (checked_error, emit_report, environment_lines, kernel_calls,  # noqa: E402
+                                  open_gpu_bench)
 from scripts.moe_baselines import dequantized_weights, grouped_mm_call, per_expert_call  # noqa: E402
 
 MODELS = {"20b": 32, "120b": 128}
@@ -75,12 +73,11 @@ def main() -> int:
     parser.add_argument("--rep-ms", type=float, default=200.0)
     parser.add_argument("--out", help="also write the report (markdown) here")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    opened = open_gpu_bench(args.table)
+    if opened is None:
         print("bench_moe_gemm: needs a CUDA GPU", file=sys.stderr)
         return 2
-    device = device_mod.detect(0)
-    table = open_table(args.table, device)
-    copy_gbps, mm_tflops = measure_peaks()
+    device, table, copy_gbps, mm_tflops = opened
     lines = [
         f"# MoE GEMM benchmark, gpt-oss-{args.model} shapes",
         "",
@@ -114,11 +111,7 @@ def main() -> int:
         f"- prefill M >= 2048, TFLOP/s / peak: min {min(prefill):.2f}, max {max(prefill):.2f} (target >= 0.50)"
         if prefill else "",
     ]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(report)
+    emit_report(lines, args.out)
     return 0
 
 

@@ -18,11 +18,8 @@ and scale 0) rather than flushing it — that needs a run on an H100 / GB10.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +29,7 @@ import triton.language as tl
 
 from kernels import mxfp4
 from kernels.moe_gemm import e2m1_ptx
+from tests.offline_compile import run_offline_compile
 
 # ----------------------------------------------------------------------------------------------------------------
 # Emulation of the PTX instructions used
@@ -386,23 +384,12 @@ def compile_report(capability: int) -> dict:
     return report
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module", params=[90, 121], ids=["sm90", "sm121"])
 def compiled(request):
     """``(capability, report)`` from :func:`compile_report` run in a fresh interpreter-free process."""
-    cap = request.param
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(cap)], capture_output=True, text=True,
-                          env=env, cwd=REPO_ROOT, timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(f"offline compile for cuda:{cap} failed:\n{proc.stderr[-6000:]}")
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "skip" in report:
-        pytest.skip(report["skip"])
-    return cap, report
+    return request.param, run_offline_compile(__file__, request.param, TRITON_DEFAULT_FP_FUSION="1")
 
 
 def test_decode_compiles(compiled):

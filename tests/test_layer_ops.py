@@ -24,12 +24,9 @@ the kernel; ``RopeTable.apply``; ``to_kv_dtype`` into index-put cache slots), co
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
@@ -41,13 +38,13 @@ from autotune.model.rope import RopeTable
 from kernels import layer_ops
 from kernels.attention import to_kv_dtype
 from kernels.layer_ops import add_rms_norm, rope_qkv_write
+from tests.offline_compile import run_offline_compile
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 FP8 = torch.float8_e4m3fn
 DTYPES = (torch.float32, torch.float16) + ((torch.bfloat16,) if HAS_CUDA else ())
 EPS = 1e-5  # gpt-oss RMSNorm epsilon (autotune.model.model.RMS_EPS)
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _ids(values) -> list[str]:
@@ -561,16 +558,7 @@ def compile_report(capability: int) -> dict:
 
 @pytest.fixture(scope="module")
 def sm90_ptx():
-    env = {**os.environ, "TRITON_INTERPRET": "0",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "90"], capture_output=True, text=True,
-                          env=env, cwd=REPO_ROOT, timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(f"offline compile for cuda:90 failed:\n{proc.stderr[-6000:]}")
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "skip" in report:
-        pytest.skip(report["skip"])
-    return report
+    return run_offline_compile(__file__, 90)
 
 
 def test_sm90_offline_compile(sm90_ptx):

@@ -21,11 +21,8 @@ build the kernel for sm_90 and sm_121 in a subprocess without the interpreter (l
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -36,6 +33,7 @@ from kernels import moe_routing_kernel
 from kernels.moe_routing import Routing, route, route_torch
 from kernels.moe_routing_kernel import (FUSED_MAX_EXPERTS, FUSED_MAX_ROWS, FUSED_MAX_TILE, fused_routing_supported,
                                         launch_config, route_fused)
+from tests.offline_compile import run_offline_compile
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -318,23 +316,12 @@ def compile_report(capability: int) -> dict:
     return report
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module", params=[90, 121], ids=["sm90", "sm121"])
 def compiled(request):
     """``(capability, report)`` from :func:`compile_report` run in a fresh interpreter-free process."""
-    cap = request.param
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(cap)], capture_output=True, text=True,
-                          env=env, cwd=REPO_ROOT, timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(f"offline compile for cuda:{cap} failed:\n{proc.stderr[-6000:]}")
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "skip" in report:
-        pytest.skip(report["skip"])
-    return cap, report
+    return request.param, run_offline_compile(__file__, request.param, TRITON_DEFAULT_FP_FUSION="1")
 
 
 @pytest.mark.slow

@@ -158,5 +158,5 @@ def test_kernels_are_attributed_to_the_stage_range_that_contains_them():
     by_stage, kernels = kernels_by_stage(events)
     assert by_stage["attention"] == 25 and by_stage["moe_mlp1"] == 70 and by_stage["other"] == 10
     assert sum(by_stage.values()) == 105
-    assert (kernels["gemm"].calls, kernels["gemm"].gpu_us) == (2, 70)
+    assert (kernels["gemm"].calls, kernels["gemm"].gpu_us, kernels["gemm"].stages) == (2, 70, {"moe_mlp1"})
     assert "attention" not in kernels

@@ -189,6 +189,7 @@ class KernelTime:
     name: str
     gpu_us: float
     calls: int
+    stages: set[str] = field(default_factory=set)
 
 
 def kernels_by_stage(events, stages: tuple[str, ...] = STAGES) -> tuple[dict[str, float], dict[str, KernelTime]]:
@@ -220,6 +221,7 @@ def kernels_by_stage(events, stages: tuple[str, ...] = STAGES) -> tuple[dict[str
         item = kernels.setdefault(event.name, KernelTime(event.name, 0.0, 0))
         item.gpu_us += duration
         item.calls += 1
+        item.stages.add(stage)
     return by_stage, kernels
 
 
@@ -298,8 +300,9 @@ def format_stage_table(title: str, stages: list[StageTime], top: list[KernelTime
     if top:
         launches = sum(k.calls for k in top)
         lines += ["", f"{launches} kernel launches (memcpy/memset included), {len(top)} distinct; the 15 longest:",
-                  "", "| kernel | calls | GPU µs | share |", "|---|---|---|---|"]
-        lines += [f"| `{k.name[:90]}` | {k.calls} | {k.gpu_us:.1f} | {k.gpu_us / total:.1%} |" for k in top[:15]]
+                  "", "| kernel | stage | calls | GPU µs | share |", "|---|---|---|---|---|"]
+        lines += [f"| `{k.name[:90]}` | {', '.join(sorted(k.stages))} | {k.calls} | {k.gpu_us:.1f} | "
+                  f"{k.gpu_us / total:.1%} |" for k in top[:15]]
     return lines + [""]
 
 

@@ -1,7 +1,7 @@
 """The gpt-oss transformer, run with this project's Triton kernels: MXFP4 MoE GEMMs (``kernels.moe_gemm``), flash
 attention with sinks (``kernels.attention``), residual add + RMSNorm and RoPE + KV-cache store
-(``kernels.layer_ops``), routing (``kernels.moe_routing``); the embedding lookup and the dense projections (qkv, out,
-router, unembedding) are torch (cuBLAS). Each kernel call takes its config from :class:`autotune.model.kernel_configs.KernelConfigs`.
+(``kernels.layer_ops``), routing (``kernels.moe_routing``), the qkv/out/router projections of a few tokens
+(``kernels.gemv``); the embedding lookup, the unembedding and the projections of longer prompts are torch (cuBLAS). Each kernel call takes its config from :class:`autotune.model.kernel_configs.KernelConfigs`.
 
 Follows openai/gpt-oss ``gpt_oss/torch/model.py`` (the architecture is summarized in FACTS.md). Legend: B sequences,
 T new tokens per sequence, N = B·T tokens, H hidden, V vocabulary, Hq/Hkv query/KV heads, D head dim, E experts,
@@ -21,6 +21,8 @@ from autotune.model.kernel_configs import KernelConfigs
 from autotune.model.kv_cache import KVCache
 from autotune.model.rope import RopeTable
 from kernels.attention import KV_DTYPES, AttentionConfig, attention_decode, attention_prefill
+from kernels.gemv import MAX_ROWS as GEMV_MAX_ROWS
+from kernels.gemv import gemv
 from kernels.layer_ops import add_rms_norm, rope_qkv_write
 from kernels.moe_gemm import MoeGemmConfig, moe_mlp1, moe_mlp2
 from kernels.moe_routing import route
@@ -32,6 +34,14 @@ STAGES = ("embed", "attn_norm_qkv", "rope_kv_write", "attention", "attn_out", "m
 
 RMS_EPS = 1e-5
 """RMSNorm epsilon of gpt-oss (reference implementation and HF config ``rms_norm_eps``)."""
+
+
+def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``: :func:`kernels.gemv.gemv` for up to a few tokens (decode), where cuBLAS's
+    split-K kernels stream the weights slower, else cuBLAS. x ``[N, K]`` → ``[N, out]`` in x's dtype."""
+    if x.shape[0] <= GEMV_MAX_ROWS:
+        return gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 def rms_norm(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -159,7 +169,7 @@ class GptOss:
         for n, layer in enumerate(self.layers):
             with self._stage("attn_norm_qkv"):
                 x, h = add_rms_norm(x, pending, layer.attn_norm, eps=RMS_EPS, inplace=True)
-                qkv = F.linear(h, layer.qkv_w, layer.qkv_b)                 # [N, Hq·D + 2·Hkv·D]
+                qkv = project(h, layer.qkv_w, layer.qkv_b)                  # [N, Hq·D + 2·Hkv·D]
             with self._stage("rope_kv_write"):
                 q = torch.empty(tokens, c.num_attention_heads, c.head_dim, dtype=x.dtype, device=x.device)
                 rope_qkv_write(qkv, positions, self.rope.cos, self.rope.sin, q, cache.k[n], cache.v[n],
@@ -168,10 +178,10 @@ class GptOss:
             with self._stage("attention"):
                 attn = attend(n, layer, q)                                  # [N, Hq·D]
             with self._stage("attn_out"):
-                delta = F.linear(attn, layer.out_w, layer.out_b)            # [N, H]
+                delta = project(attn, layer.out_w, layer.out_b)             # [N, H]
             with self._stage("mlp_norm_router"):
                 x, h = add_rms_norm(x, delta, layer.mlp_norm, eps=RMS_EPS, inplace=True)
-                router_logits = F.linear(h, layer.gate_w, layer.gate_b)     # [N, E]
+                router_logits = project(h, layer.gate_w, layer.gate_b)      # [N, E]
             with self._stage("routing"):
                 routing = route(router_logits, c.experts_per_token)
             with self._stage("moe_mlp1"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 _DTYPE_CODES = {
     "torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.uint8": "u8",
     "torch.int8": "i8", "torch.int32": "i32", "torch.int64": "i64", "torch.int16": "i16",
+    "torch.float8_e4m3fn": "fp8e4nv", "torch.float8_e5m2": "fp8e5",  # e.g. an fp8 KV cache
 }
 _LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 

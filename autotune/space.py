@@ -47,6 +47,14 @@ class Param:
         return self.when is None or bool(self.when(chosen))
 
 
+def next_pow2(value: float) -> int:
+    """Smallest power of two >= ``value`` (1 for values <= 1): tile limits of the search spaces."""
+    power = 1
+    while power < value:
+        power *= 2
+    return power
+
+
 def _is_choice(value: Any, choices: Sequence) -> bool:
     """Equal to a choice and of the same type (16.0 and True are not the choice 16 or 1)."""
     return any(value == choice and type(value) is type(choice) for choice in choices)

@@ -3,3 +3,14 @@
 This package depends on torch and triton only (never on :mod:`autotune`), so a runtime can import a kernel
 without the tuner.
 """
+
+import os
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def interpreter_active() -> bool:
+    """Whether Triton runs kernels on the CPU: ``TRITON_INTERPRET`` read the way Triton reads it
+    (``triton.knobs.runtime.interpret``: 1/true/yes/on, any case), without importing triton (the CLI sets the
+    variable before the first kernel module loads)."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE

@@ -22,12 +22,12 @@ length, Hq/Hkv query/KV heads, G = Hq / Hkv, D head dim.
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels import interpreter_active
 from kernels.attention.config import FP8_MAX
 from kernels.launch_plan import KernelLaunch
 
@@ -41,11 +41,6 @@ MAX_HIDDEN = 8192
 
 
 FP8_MAX_VALUE = tl.constexpr(FP8_MAX)
-
-
-def _interpreting() -> bool:
-    """True when Triton runs kernels on the CPU (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -197,10 +192,6 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
-def _pow2(value: int) -> int:
-    return 1 << max(value - 1, 0).bit_length()
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Residual add + RMSNorm
 # --------------------------------------------------------------------------------------------------------------------
@@ -252,7 +243,7 @@ def add_rms_norm_launches(x: torch.Tensor, delta: torch.Tensor | None, scale: to
         x_new = torch.empty_like(x, memory_format=torch.contiguous_format)
     if rows == 0:
         return x_new, out, []
-    block = _pow2(hidden)
+    block = triton.next_power_of_2(hidden)
     launch = KernelLaunch(
         kernel=add_rms_norm_kernel, grid=(rows,),
         args=(x, delta if delta is not None else x, scale, x_new, out, hidden, x.stride(0),
@@ -369,14 +360,14 @@ def rope_qkv_write_launches(qkv: torch.Tensor, positions: torch.Tensor, cos: tor
     if tokens == 0:
         return []
     group = heads_q // heads_kv
-    group_block, half_block = _pow2(group), _pow2(head_dim // 2)
+    group_block, half_block = triton.next_power_of_2(group), triton.next_power_of_2(head_dim // 2)
     num_warps = 1 if group_block * half_block <= 128 else 2 if group_block * half_block <= 512 else 4
     args = (qkv, positions, cos, sin, q_out, k_cache, v_cache, qkv.stride(0), cos.stride(0), sin.stride(0),
             q_out.stride(0), q_out.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), tokens_per_seq, first_seq, cos.shape[0],
             k_cache.shape[1])
     kwargs = {"HEADS_Q": heads_q, "HEADS_KV": heads_kv, "HEAD_DIM": head_dim, "GROUP_BLOCK": group_block,
-              "HALF_BLOCK": half_block, "CACHE_FP8": k_cache.dtype == FP8, "FP8_SOFTWARE": _interpreting(),
+              "HALF_BLOCK": half_block, "CACHE_FP8": k_cache.dtype == FP8, "FP8_SOFTWARE": interpreter_active(),
               "num_warps": num_warps, "enable_fp_fusion": False}
     return [KernelLaunch(kernel=rope_qkv_write_kernel, grid=(tokens, heads_kv), args=args, kwargs=kwargs)]
 

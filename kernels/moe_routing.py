@@ -17,10 +17,11 @@ path (``torch.topk``, ``torch.softmax``, :func:`group_by_expert`), which is also
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
+
+from kernels import interpreter_active
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def _check_route_args(router_logits: torch.Tensor, top_k: int) -> None:
 def _fused_allowed(router_logits: torch.Tensor) -> bool:
     """Cheap pre-check (no triton import): a CUDA tensor, or a CPU tensor while the Triton interpreter is on."""
     device = router_logits.device.type
-    return device == "cuda" or (device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+    return device == "cuda" or (device == "cpu" and interpreter_active())
 
 
 def route_torch(router_logits: torch.Tensor, top_k: int) -> Routing:

@@ -39,13 +39,13 @@ valid index; that token's gates are NaN on both paths.
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from kernels import interpreter_active
 from kernels.moe_routing import Routing
 
 FUSED_MAX_ROWS = 512
@@ -154,11 +154,6 @@ def moe_route_fused_kernel(
     tl.store(row_gate_ptr + pos, gates, mask=out_tk)
     tl.store(expert_offsets_ptr + offs_e, start, mask=offs_e < E)
     tl.store(expert_offsets_ptr + E, tl.sum(count, axis=0))
-
-
-def interpreter_active() -> bool:
-    """Whether Triton kernels run under its CPU interpreter (``TRITON_INTERPRET=1``, read when triton is imported)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def fused_routing_supported(router_logits: torch.Tensor, top_k: int) -> bool:

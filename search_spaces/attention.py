@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from autotune.space import Param, SearchSpace
+from autotune.space import Param, SearchSpace, next_pow2
 
 POW2_TILES = (16, 32, 64, 128, 256)
 SPLITS = (1, 2, 4, 8, 16, 32, 64)
@@ -25,13 +25,6 @@ FP8_MIN_CAPABILITY = (8, 9)
 """fp8 e4m3 conversions in Triton need sm_89 (Ada) or newer; the interpreter runs them on the CPU."""
 
 
-def _next_pow2(value: float) -> int:
-    power = 1
-    while power < value:
-        power *= 2
-    return power
-
-
 def visible_keys(shape: Mapping[str, int]) -> int:
     """Most keys one query sees: min(seq, W), or seq without a window."""
     return min(shape["seq"], shape["window"]) if shape["window"] else shape["seq"]
@@ -39,12 +32,12 @@ def visible_keys(shape: Mapping[str, int]) -> int:
 
 def block_n_limit(shape: Mapping[str, int]) -> int:
     """Largest useful BLOCK_N: the visible keys rounded up to a power of two, at least 16."""
-    return max(16, _next_pow2(visible_keys(shape)))
+    return max(16, next_pow2(visible_keys(shape)))
 
 
 def block_m_limit(shape: Mapping[str, int]) -> int:
     """Largest useful prefill BLOCK_M: the prompt length rounded up to a power of two, at least 16."""
-    return max(16, _next_pow2(shape["seq"]))
+    return max(16, next_pow2(shape["seq"]))
 
 
 def fp8_supported(device) -> bool:
@@ -152,7 +145,7 @@ def default_split(shape: Mapping[str, int], device, block_n: int) -> int:
     on the H100, 2026-11-21, Triton 3.6, bf16: 28 GB/s at 32768 keys with SPLIT_KV = 1 against ~2 TB/s with 32-64).
     """
     sms = device.sm_count if device is not None else 132
-    want = _next_pow2(-(-2 * sms // (shape["batch"] * shape["heads_kv"])))
+    want = next_pow2(-(-2 * sms // (shape["batch"] * shape["heads_kv"])))
     keys = visible_keys(shape)
     split = 1
     while split < min(want, SPLITS[-1]) and keys // (2 * split) >= max(MIN_SPLIT_KEYS, block_n):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from autotune.space import Param, SearchSpace
+from autotune.space import Param, SearchSpace, next_pow2
 
 POW2_TILES = (16, 32, 64, 128, 256)
 
@@ -20,8 +20,8 @@ def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
     rows per expert, BLOCK_N/BLOCK_K beyond N/K), so the sampler spends no trials there (seen on the H100,
     2026-11-21: with all five BLOCK_M offered, over 90% of the decode trials were pruned for it)."""
     block_m = tuple(b for b in POW2_TILES if b <= block_m_limit(shape))
-    block_n = tuple(b for b in POW2_TILES if 32 <= b <= max(32, _next_pow2(shape["N"])))
-    block_k = tuple(b for b in (32, 64, 128, 256) if b <= max(32, _next_pow2(shape["K"])))
+    block_n = tuple(b for b in POW2_TILES if 32 <= b <= max(32, next_pow2(shape["N"])))
+    block_k = tuple(b for b in (32, 64, 128, 256) if b <= max(32, next_pow2(shape["K"])))
     params = [
         Param("BLOCK_M", block_m, doc="routed rows per tile"),
         Param("BLOCK_N", block_n, doc="output features per tile (>= 32: the fused SwiGLU halves it)"),
@@ -51,13 +51,6 @@ def rows_per_expert(shape: Mapping[str, int]) -> float:
     return rows / max(1, min(shape["E"], rows))
 
 
-def _next_pow2(value: float) -> int:
-    power = 1
-    while power < value:
-        power *= 2
-    return power
-
-
 def estimated_shared_bytes(config: Mapping[str, Any], act_bytes: int = 2) -> int:
     """Shared memory of the K-loop pipeline buffers: num_stages × (activation tile + packed e2m1 tile + scales).
 
@@ -80,7 +73,7 @@ def fits_shared_memory(config, shape, device) -> str | None:
 
 def block_m_limit(shape: Mapping[str, int]) -> int:
     """Largest useful BLOCK_M: twice the mean rows per expert, rounded up to a power of two, at least 16."""
-    return max(16, _next_pow2(2 * rows_per_expert(shape)))
+    return max(16, next_pow2(2 * rows_per_expert(shape)))
 
 
 def block_m_fits_rows(config, shape, device) -> str | None:
@@ -94,7 +87,7 @@ def block_m_fits_rows(config, shape, device) -> str | None:
 
 def tile_fits_problem(config, shape, device) -> str | None:
     """A tile wider than the problem (N or K rounded up) only adds masked work."""
-    if config["BLOCK_N"] > _next_pow2(shape["N"]) or config["BLOCK_K"] > _next_pow2(shape["K"]):
+    if config["BLOCK_N"] > next_pow2(shape["N"]) or config["BLOCK_K"] > next_pow2(shape["K"]):
         return f"tile {config['BLOCK_N']}x{config['BLOCK_K']} exceeds N={shape['N']}, K={shape['K']}"
     if config.get("fuse_swiglu") and config["BLOCK_N"] < 32:
         return "fused SwiGLU needs BLOCK_N >= 32 (its output tile is BLOCK_N/2 >= 16 columns)"
@@ -152,12 +145,12 @@ def default(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
     The choices follow the first H100 sweep (scripts/results/2026-11-21-h100-explore.log, Triton 3.6): BLOCK_N=64
     with BLOCK_K=128 and the upcast path led at decode; 128x128x64 tiles at 8192 tokens.
     """
-    block_m = min(128, max(16, _next_pow2(rows_per_expert(shape))))
+    block_m = min(128, max(16, next_pow2(rows_per_expert(shape))))
     prefill = block_m >= 64
     config = {
         "BLOCK_M": block_m,
-        "BLOCK_N": min(128 if prefill else 64, max(32, _next_pow2(shape["N"]))),
-        "BLOCK_K": min(64 if prefill else 128, max(32, _next_pow2(shape["K"]))),
+        "BLOCK_N": min(128 if prefill else 64, max(32, next_pow2(shape["N"]))),
+        "BLOCK_K": min(64 if prefill else 128, max(32, next_pow2(shape["K"]))),
         "GROUP_M": 8 if prefill else 1,
         "num_warps": 4,
         "num_stages": 3,

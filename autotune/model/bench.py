@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from autotune.model.generation import DecodeRunner
+from autotune.model.generation import DecodeRunner, sync_device
 from autotune.model.model import STAGES, GptOss
 from kernels.attention.config import AttentionShape
 from kernels.attention.reference import cost as attention_cost
@@ -68,11 +68,6 @@ def parse_tests(text: str) -> list[tuple[str, int]]:
     return tests
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.inference_mode()
 def run_prefill_test(model: GptOss, tokens: int, runs: int, *, seed: int = 0) -> TestResult:
     """``pp<tokens>``: batch-1 prefill of a random prompt into a fresh cache, one warm-up + ``runs`` timed runs."""
@@ -82,11 +77,11 @@ def run_prefill_test(model: GptOss, tokens: int, runs: int, *, seed: int = 0) ->
     result = TestResult(f"pp{tokens}", tokens)
     for run in range(runs + 1):
         cache.reset()
-        _sync(model.device)
+        sync_device(model.device)
         start = time.perf_counter()
         logits = model.prefill(prompt, cache)
         torch.argmax(logits, dim=-1)
-        _sync(model.device)
+        sync_device(model.device)
         if run:
             result.seconds.append(time.perf_counter() - start)
     return result
@@ -103,12 +98,12 @@ def run_decode_test(model: GptOss, steps: int, runs: int, *, cuda_graphs: bool =
     for run in range(runs + 1):
         cache.reset()
         runner.tokens.copy_(torch.argmax(model.prefill(first, cache), dim=-1))
-        _sync(model.device)
+        sync_device(model.device)
         start = time.perf_counter()
         for _ in range(steps):
             logits = runner.step()
             runner.tokens.copy_(torch.argmax(logits, dim=-1))
-        _sync(model.device)
+        sync_device(model.device)
         if run:
             result.seconds.append(time.perf_counter() - start)
     return result
@@ -251,12 +246,12 @@ def profile_pass(model: GptOss, *, decode: bool, tokens: int,
             with profile(activities=activities, **options) as prof:
                 model.annotate = True
                 model.decode(prompt[:, -1], cache, model.decode_key(cache))
-                _sync(model.device)
+                sync_device(model.device)
         else:
             with profile(activities=activities, **options) as prof:
                 model.annotate = True
                 model.prefill(prompt, cache)
-                _sync(model.device)
+                sync_device(model.device)
         model.annotate = False
         return prof
 

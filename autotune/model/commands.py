@@ -27,7 +27,9 @@ def parse_prompt_ids(text: str) -> list[int]:
 def use_interpreter_without_gpu() -> None:
     """Without a CUDA device, run the Triton kernels in the interpreter (set before any kernel module is imported:
     ``triton.jit`` reads ``TRITON_INTERPRET`` when it decorates) and say so on stderr."""
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    from kernels import interpreter_active  # the package init only: no kernel module, no triton
+
+    if not torch.cuda.is_available() and not interpreter_active():
         os.environ["TRITON_INTERPRET"] = "1"
         print("autotune: no CUDA device: the Triton kernels run in the interpreter on the CPU (slow; keep models "
               "tiny)", file=sys.stderr)

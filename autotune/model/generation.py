@@ -92,7 +92,8 @@ class Generation:
     graphs_captured: int = 0
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA only; CPU work is synchronous)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -138,7 +139,7 @@ def generate(model: GptOss, prompts: list[list[int]], *, max_new_tokens: int, te
         generator = torch.Generator(device="cpu").manual_seed(seed)
     result = Generation(prompt_ids=[list(p) for p in prompts], generated_ids=[[] for _ in prompts])
 
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     last_logits = []
     by_length: dict[int, list[int]] = {}
@@ -169,7 +170,7 @@ def generate(model: GptOss, prompts: list[list[int]], *, max_new_tokens: int, te
         next_ids = select_next(logits, temperature=temperature, top_p=top_p, generator=generator)
         host_ids = next_ids.tolist()
         result.decode_steps += 1
-    _sync(device)
+    sync_device(device)
     result.decode_s = time.perf_counter() - start
     result.graphs_captured = runner.graphs_captured
     return result

@@ -13,7 +13,7 @@ from typing import Any
 
 from autotune import registry
 from autotune.model.config import ModelConfig
-from kernels.attention import AttentionConfig
+from kernels.attention import AttentionConfig, AttentionShape
 from kernels.moe_gemm import MoeGemmConfig, MoeShape
 
 
@@ -70,8 +70,8 @@ class KernelConfigs:
     def attention_shape(self, batch: int, seq: int, window: int) -> dict[str, int]:
         """The attention shape key (see :mod:`kernels.attention`) of a call."""
         m = self.model
-        return {"batch": batch, "seq": seq, "heads_q": m.num_attention_heads, "heads_kv": m.num_key_value_heads,
-                "head_dim": m.head_dim, "window": window}
+        return AttentionShape(batch=batch, seq=seq, heads_q=m.num_attention_heads, heads_kv=m.num_key_value_heads,
+                              head_dim=m.head_dim, window=window).as_dict()
 
     def attention(self, variant: str, batch: int, seq: int, window: int) -> AttentionConfig:
         """Config of an attention call: ``"prefill"`` (seq = prompt tokens) or ``"decode"`` (seq = context length).

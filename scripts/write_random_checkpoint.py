@@ -15,7 +15,9 @@ Measured (2026-11-21): ``--size 20b --layers 2`` (3.27 GB, one shard) takes 23.2
 (torch 2.13 CPU, safetensors 0.8; peak RSS 3.5 GB: the shard). With the earlier hand-written streaming writer (one
 tensor held, not one shard) it took 15.9 s there (peak RSS 2.5 GB) and 3.6 s with ``--device cuda`` on the lent H100
 (torch 2.11); the full 20b (13.76 GB, 4 shards) 11.3 s on the H100; loading it back onto the GPU took 8.1 s (files
-in the page cache) with peak GPU memory equal to the model's size. Not yet re-measured on the GPU with save_file.
+in the page cache) with peak GPU memory equal to the model's size. With save_file, the full 20b with ``--device cuda``
+on the lent H100 (torch 2.11, safetensors carried as a wheel) took 17.8, 17.1, 15.1 and 17.3 s in four runs (its
+own "wrote ... in N s" line; listed in scripts/results/README.md).
 
 Errors (bad arguments, an unwritable or non-empty directory without ``--force``) print one line on stderr and exit
 with code 2.

@@ -3,7 +3,7 @@
 At batch-1 decode gpt-oss's qkv, out and router projections are matrix-vector products. cuBLAS picks split-K
 kernels plus a separate reduce for them; on the lent H100 (2026-11-21, torch 2.11, CUDA graphs, weights rotated
 out of L2) they ran at 1.96 TB/s (qkv, 29.5 MB), 1.57 TB/s (out, 23.6 MB) and 7.0 µs for the 184 kB router, against
-3.0 TB/s measured copy bandwidth (``.scratch``-free record: scripts/results/README.md). Here every program owns
+3.0 TB/s measured copy bandwidth (scripts/results/2026-11-21-h100-gemv-sweep.md). Here every program owns
 BLOCK_N output features and walks K once, accumulating ``x · W`` elementwise in float32 and reducing at the end.
 
 Legend: M rows (tokens), K input features, N output features.
@@ -53,7 +53,8 @@ def block_sizes(n: int, k: int) -> tuple[int, int, int]:
     From a sweep on the lent H100 (2026-11-21, Triton 3.6, bf16, batch 1, CUDA graphs, weights rotated out of L2;
     BLOCK_N 1-32 x BLOCK_K 128-1024 x 1-8 warps): 2 x 1024 with 4 warps led for qkv [5120, 2880] (14.3 µs, cuBLAS
     15.0) and out [2880, 4096] (11.6 µs, cuBLAS 15.7); one feature per program with 8 warps for the router [32, 2880]
-    (2.7 µs, cuBLAS 7.0). BLOCK_K = 1024 bf16 elements = 2 kB contiguous per weight row and step.
+    (2.7 µs, cuBLAS 7.0); scripts/results/2026-11-21-h100-gemv-sweep.md. BLOCK_K = 1024 bf16 elements = 2 kB
+    contiguous per weight row and step.
     """
     block_k = min(1024, max(16, triton.next_power_of_2(k)))
     if n >= 1024:

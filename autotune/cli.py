@@ -59,9 +59,10 @@ def cmd_run(*, kernel: str, preset: str | None, shapes: str | None, variants: st
             no_export: bool, gpus: str | None, trial_timeout: float, finalists: int, dtype: str | None,
             compile_workers: int | None) -> int:
     """Tune a kernel over a preset's shapes; export the winners."""
-    from autotune import presets, registry
-    from autotune.run import RunRequest, run, summarize
-    from autotune.tuner import TuneSettings
+    from autotune.tuning import presets
+    from autotune import registry
+    from autotune.tuning.run import RunRequest, run, summarize
+    from autotune.tuning.tuner import TuneSettings
 
     spec = registry.get(kernel)
     gpu_count = _gpu_count()
@@ -105,8 +106,9 @@ def cmd_list(*, storage: str) -> int:
     """Print the registered kernels, their search spaces, the presets and the studies in the storage."""
     import pandas as pd
 
-    from autotune import device, presets, report
-    from autotune.storage import open_storage
+    from autotune import device
+    from autotune.tuning import presets, report
+    from autotune.tuning.storage import open_storage
 
     opened = open_storage(storage)
     with pd.option_context("display.width", 200, "display.max_colwidth", 120):
@@ -123,8 +125,9 @@ def cmd_show(*, kernel: str, storage: str, device: str | None) -> int:
     """Print the best config per shape with its speedup over the default and its fraction of the device peak."""
     import pandas as pd
 
-    from autotune import registry, report
-    from autotune.storage import open_storage
+    from autotune import registry
+    from autotune.tuning import report
+    from autotune.tuning.storage import open_storage
 
     registry.get(kernel)
     frame = report.show_frame(open_storage(storage), kernel, device)
@@ -139,8 +142,8 @@ def cmd_show(*, kernel: str, storage: str, device: str | None) -> int:
 def cmd_export(*, kernel: str | None, storage: str, table: str, device: str | None) -> int:
     """Merge the best configs of the storage's studies into the table file."""
     from autotune import registry
-    from autotune.export import export
-    from autotune.storage import open_storage
+    from autotune.table.export import export
+    from autotune.tuning.storage import open_storage
 
     if kernel:
         registry.get(kernel)
@@ -155,7 +158,7 @@ def cmd_export(*, kernel: str | None, storage: str, table: str, device: str | No
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and --help)."""
-    from autotune.storage import SAMPLERS
+    from autotune.tuning.storage import SAMPLERS
 
     parser = _Parser(prog="python -m autotune", description="Optuna autotuner for gpt-oss Triton kernels.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

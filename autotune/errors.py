@@ -3,7 +3,7 @@
 Only :class:`UserError` and its subclasses cross the command-line boundary: the CLI prints their message on one
 line of stderr and exits with code 2 (no traceback). Failures of a single *trial* (compile errors, wrong results,
 hangs, crashed workers) are never raised to the study loop: the worker classifies them into a
-:class:`autotune.outcomes.Outcome`, and :mod:`autotune.outcomes` maps them to Optuna trial states in one place.
+:class:`autotune.tuning.outcomes.Outcome`, and :mod:`autotune.outcomes` maps them to Optuna trial states in one place.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any
 
 from autotune.errors import UnknownKernelError
-from autotune.space import SearchSpace
+from autotune.tuning.space import SearchSpace
 
 PLUGINS_ENV = "AUTOTUNE_PLUGINS"
 

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 import kernels.attention as attn  # noqa: E402
 from autotune import registry  # noqa: E402
-from autotune.timing import median_us  # noqa: E402
+from autotune.tuning.timing import median_us  # noqa: E402
 from scripts.bench_common import (checked_error, emit_report, environment_lines, kernel_calls,  # noqa: E402
                                   open_gpu_bench)
 

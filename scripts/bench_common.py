@@ -8,7 +8,7 @@ from types import ModuleType
 
 import torch
 
-from autotune.evaluate import row_relative_error
+from autotune.tuning.evaluate import row_relative_error
 
 
 def kernel_calls(kernel: ModuleType, variant: str, sets: Sequence, config) -> list[Callable[[], object]]:
@@ -44,8 +44,8 @@ def open_gpu_bench(table_path: str | None):
     if not torch.cuda.is_available():
         return None
     from autotune import device as device_mod
-    from autotune.peaks import measure_peaks
-    from autotune.runtime import open_table
+    from autotune.device.peaks import measure_peaks
+    from autotune.table.runtime import open_table
 
     device = device_mod.detect(0)
     return (device, open_table(table_path, device), *measure_peaks())
@@ -58,7 +58,7 @@ def environment_lines(device, table, copy_gbps: float, mm_tflops: float) -> list
 
     import triton
 
-    from autotune import nvml_readings
+    from autotune.device import nvml_readings
 
     return [
         f"date {datetime.date.today()}; device {device.name} ({device.key}, {device.sm_count} SMs); driver "

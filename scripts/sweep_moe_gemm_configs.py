@@ -9,7 +9,7 @@ sys.path.insert(0, os.getcwd())
 import torch, triton, triton.testing
 import kernels.moe_gemm as mg
 from kernels.moe_gemm import MoeGemmConfig, MoeShape
-from autotune.timing import median_us
+from autotune.tuning.timing import median_us
 from scripts.moe_baselines import dequantized_weights, grouped_mm_call, per_expert_call
 
 print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name(0))

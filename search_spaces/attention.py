@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from autotune.space import Param, SearchSpace, next_pow2
+from autotune.tuning.space import Param, SearchSpace, next_pow2
 
 POW2_TILES = (16, 32, 64, 128, 256)
 SPLITS = (1, 2, 4, 8, 16, 32, 64)

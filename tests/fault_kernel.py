@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from autotune.registry import KernelSpec, register
-from autotune.space import Param, SearchSpace
+from autotune.tuning.space import Param, SearchSpace
 
 NAME = "fault_injection"
 VARIANTS = ("only",)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from autotune import defaults, presets, registry
+from autotune import defaults, registry
+from autotune.tuning import presets
 from autotune.device import DeviceProfile
-from autotune.runtime import open_table
+from autotune.table.runtime import open_table
 from autotune.table import ConfigTable
 
 H100_KEY = "nvidia-h100-80gb-hbm3-sm90"

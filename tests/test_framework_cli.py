@@ -20,8 +20,8 @@ import optuna
 import pytest
 
 from autotune import cli
-from autotune import study as study_mod
-from autotune.storage import open_storage
+from autotune.tuning import study as study_mod
+from autotune.tuning.storage import open_storage
 from tests import fault_kernel as fk
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,8 +19,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autotune import study as study_mod
-from autotune.space import config_json
+from autotune.tuning import study as study_mod
+from autotune.tuning.space import config_json
 from tests import fault_kernel as fk
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,11 +12,12 @@ import pytest
 import torch
 from optuna.trial import FixedTrial, TrialState
 
-from autotune import outcomes, presets, registry
+from autotune.tuning import outcomes, presets
+from autotune import registry
 from autotune.device import INTERPRETER
 from autotune.errors import ConfigError, PresetError, ShapeSpecError, UnknownKernelError, UserError
-from autotune.outcomes import Kind, classify, trial_state
-from autotune.space import Param, SearchSpace, config_hash, config_json, space_size
+from autotune.tuning.outcomes import Kind, classify, trial_state
+from autotune.tuning.space import Param, SearchSpace, config_hash, config_json, space_size
 from tests import fault_kernel as fk
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -163,7 +164,7 @@ def test_config_hash_matches_across_processes(tmp_path):
     import subprocess
     import sys
 
-    code = "from autotune.space import config_hash; print(config_hash({'z': 1, 'a': [1, 2], 'm': None}))"
+    code = "from autotune.tuning.space import config_hash; print(config_hash({'z': 1, 'a': [1, 2], 'm': None}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent, env={"PYTHONHASHSEED": "123", "PATH": ""})
     assert out.stdout.strip() == config_hash({"a": [1, 2], "m": None, "z": 1})

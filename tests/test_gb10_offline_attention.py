@@ -121,7 +121,7 @@ def compile_report(capability: int) -> dict:
     import torch
 
     import kernels.attention as attention
-    from autotune.offline import compile_launch
+    from autotune.device.offline import compile_launch
 
     # Can Triton produce code for this target at all? A trivial kernel, so that a bug in the attention kernels fails
     # the tests instead of skipping them; in a child process, because a ptxas too old for the target makes LLVM

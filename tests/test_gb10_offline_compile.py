@@ -8,7 +8,7 @@ The compiles run in one subprocess without ``TRITON_INTERPRET``: under the inter
 turns on for CPU-only machines) ``triton.jit`` yields ``InterpretedFunction`` objects that ``triton.compile`` cannot
 take. Identical compiles (same kernel, signature, constexprs and options) are done once.
 
-Besides :func:`autotune.offline.compile_launch` the worker also compiles each launch the way ``JITFunction.run``
+Besides :func:`autotune.device.offline.compile_launch` the worker also compiles each launch the way ``JITFunction.run``
 would on a real GPU (Triton's own argument specialization: 16-byte-aligned pointers and integers divisible by 16 get
 ``tt.divisibility=16``), because that is what a GB10 would actually run.
 """
@@ -63,7 +63,7 @@ WORKER = r'''
 import json, sys, traceback
 import torch
 from autotune.device import GB10
-from autotune.offline import compile_launch
+from autotune.device.offline import compile_launch
 from kernels import moe_gemm
 from kernels.moe_gemm import MoeGemmConfig, MoeShape
 from kernels.moe_gemm import inputs as inputs_mod

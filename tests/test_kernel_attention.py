@@ -4,7 +4,7 @@ On a CPU-only machine the kernels run under Triton's interpreter (tests/conftest
 interpreter computes a bf16 ``tl.dot`` wrongly (triton#11584), so the CPU cases use fp16 and fp32 activations; the
 ``gpu`` cases run bf16 at gpt-oss sizes on CUDA.
 
-The check is the tuner's own (:func:`autotune.evaluate.row_relative_error` and ``element_error`` against
+The check is the tuner's own (:func:`autotune.tuning.evaluate.row_relative_error` and ``element_error`` against
 ``kernels.attention.tolerance(variant, dtype, config)``). The reference is HF transformers' eager math
 (:func:`kernels.attention.attention_reference`); the cache is filled with NaN beyond the valid positions, so a kernel
 that reads (or multiplies by zero) a key it must not see fails.
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from autotune.evaluate import element_error, row_relative_error
+from autotune.tuning.evaluate import element_error, row_relative_error
 from kernels import attention as attn
 from kernels.attention import (AttentionConfig, AttentionShape, attention_decode, attention_prefill,
                                attention_reference, to_kv_dtype, tolerance)

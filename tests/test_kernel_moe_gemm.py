@@ -365,7 +365,7 @@ def test_wrong_scale_group_over_one_tile_is_caught_at_real_dims(variant, n_cols)
 def test_element_limit_catches_one_bad_tile_in_bf16(variant, n_cols):
     # The bf16 row limit (3u = 1.2e-2) is about what one doubled scale group over a 64-column tile does to a row at
     # gpt-oss sizes; the element limit (8u) must catch it with margin. Reference-only (bf16 inputs, fp32 math).
-    from autotune.evaluate import element_error
+    from autotune.tuning.evaluate import element_error
 
     inputs = make_inputs(variant, MoeShape(M=1, N=n_cols, K=2880, E=32, top_k=4), dtype=torch.bfloat16,
                          device="cpu", seed=404)

@@ -131,7 +131,7 @@ def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int |
     longest = max(n for _, n in plan) + 2
     copy_gbps = mm_tflops = None
     if device.type == "cuda":
-        from autotune.peaks import measure_peaks
+        from autotune.device.peaks import measure_peaks
 
         copy_gbps, mm_tflops = measure_peaks()
 
@@ -194,7 +194,7 @@ def _bench_report(plan, settings, described, device, copy_gbps, mm_tflops) -> li
 
     import triton
 
-    from autotune import nvml_readings
+    from autotune.device import nvml_readings
     from autotune.model import bench
 
     model = settings["table"][0]

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from autotune import study as study_mod
+from autotune.tuning import study as study_mod
 from autotune.table import MergeReport, TableEntry, update_table
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from autotune.outcomes import Kind, trial_state
-from autotune.space import Config, SearchSpace, config_hash, config_json
+from autotune.tuning.outcomes import Kind, trial_state
+from autotune.tuning.space import Config, SearchSpace, config_hash, config_json
 
 HOST = socket.gethostname()
 NO_OWNER_GRACE = timedelta(minutes=1)

@@ -5,7 +5,7 @@ restart, never the study.
 The parent talks to a worker over a pipe: one job dict in, one result dict out. :meth:`Worker.evaluate` waits at
 most the trial timeout; on silence it kills the process (a hung kernel cannot be interrupted otherwise) and reports
 ``timeout``; if the process exits it reports ``worker_died`` with the exit code. After any sticky outcome
-(:data:`autotune.outcomes.STICKY`) the worker is restarted before its next job.
+(:data:`autotune.tuning.outcomes.STICKY`) the worker is restarted before its next job.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any
 
-from autotune.outcomes import STICKY, Kind
+from autotune.tuning.outcomes import STICKY, Kind
 
 
 def _exit_with_parent(parent_pid: int, interval_s: float = 0.5) -> None:
@@ -37,7 +37,7 @@ def _worker_main(conn, env: dict[str, str], parent_pid: int) -> None:
     os.environ.update(env)
     from autotune import device as device_mod
     from autotune import registry
-    from autotune.evaluate import Evaluator
+    from autotune.tuning.evaluate import Evaluator
 
     registry.load_plugins()
     interpreter = os.environ.get("TRITON_INTERPRET") == "1"
@@ -147,7 +147,7 @@ class Worker:
         """Run one job, surviving whatever the job does to the process.
 
         Args:
-            job: see :meth:`autotune.evaluate.Evaluator.evaluate`.
+            job: see :meth:`autotune.tuning.evaluate.Evaluator.evaluate`.
             timeout_s: wall-clock limit for compile + check + time.
 
         Returns:

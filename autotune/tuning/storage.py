@@ -2,7 +2,7 @@
 
 The default storage is a SQLite file under ``studies/``: every ``tell`` is a committed transaction, so killing the
 tuner at any moment loses at most the trials in flight (they are failed and re-queued on the next run, see
-:func:`autotune.study.recover_interrupted`). Any URL Optuna accepts works (``postgresql://...``, ``mysql://...``),
+:func:`autotune.tuning.study.recover_interrupted`). Any URL Optuna accepts works (``postgresql://...``, ``mysql://...``),
 as does a JournalStorage file given as ``journal:PATH``.
 """
 

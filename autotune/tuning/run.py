@@ -16,16 +16,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from autotune import fingerprint as fingerprint_mod
-from autotune import presets, registry
-from autotune import study as study_mod
+from autotune.device import fingerprint as fingerprint_mod
+from autotune.tuning import presets
+from autotune import registry
+from autotune.tuning import study as study_mod
 from autotune.errors import ConfigError
-from autotune.export import best_entry
-from autotune.pool import WorkerPool
-from autotune.progress import StudyProgress
-from autotune.storage import make_sampler, open_storage
+from autotune.table.export import best_entry
+from autotune.tuning.pool import WorkerPool
+from autotune.tuning.progress import StudyProgress
+from autotune.tuning.storage import make_sampler, open_storage
 from autotune.table import TableEntry, update_table
-from autotune.tuner import StudyReport, TuneSettings, finalists_current, retime_finalists, run_trials, study_seed
+from autotune.tuning.tuner import StudyReport, TuneSettings, finalists_current, retime_finalists, run_trials, study_seed
 
 
 @dataclass(frozen=True)

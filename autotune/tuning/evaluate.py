@@ -12,7 +12,7 @@ import time
 import traceback
 from typing import Any
 
-from autotune.outcomes import Kind, classify
+from autotune.tuning.outcomes import Kind, classify
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -80,7 +80,7 @@ class Evaluator:
                 ``check`` (default True) and ``time`` (default True).
 
         Returns:
-            ``kind`` (an :class:`autotune.outcomes.Kind` value), ``phase``, ``error`` and, as far as it got:
+            ``kind`` (an :class:`autotune.tuning.outcomes.Kind` value), ``phase``, ``error`` and, as far as it got:
             ``compile_s, shared_bytes, max_rel_err, tolerance, median_us, p20_us, p80_us, timing_method,
             timing_sets, flops, bytes, tflops, gbps, peak_fraction, nvml``.
         """
@@ -187,8 +187,8 @@ class Evaluator:
         return info
 
     def _time(self, kernel, variant, shape, config, dtype, job) -> dict[str, Any]:
-        from autotune import nvml_readings
-        from autotune.timing import median_us
+        from autotune.device import nvml_readings
+        from autotune.tuning.timing import median_us
 
         sets = self._timing_inputs(kernel, variant, shape, dtype, seed_base=job.get("timing_seed", 1234))
         outs = [kernel.launches(variant, item, config)[0] for item in sets]

@@ -7,7 +7,7 @@ the GPU; with compile workers the two overlap, and several configs compile at on
 
 from __future__ import annotations
 
-from autotune.worker import Worker
+from autotune.tuning.worker import Worker
 
 
 class WorkerPool:

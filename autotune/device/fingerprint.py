@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from autotune import nvml_readings
+from autotune.device import nvml_readings
 from autotune.device import DeviceProfile
 
 STALE_FIELDS = ("gpu_name", "compute_capability", "driver", "cuda", "triton", "torch", "kernel_source")

@@ -2,7 +2,7 @@
 
 A trial's path: ``study.ask()`` → the search space turns it into a config (:meth:`SearchSpace.suggest`) → the
 constraints may prune it with a reason (no compile) → a config already measured in this study is answered from the
-earlier trial → otherwise a worker compiles, checks and times it → :func:`autotune.study.record_result`. The budget
+earlier trial → otherwise a worker compiles, checks and times it → :func:`autotune.tuning.study.record_result`. The budget
 (``n_trials``) counts measured trials (COMPLETE or FAIL) across runs, so a resumed study runs only what is missing.
 After the loop the best few configs and the default config are re-timed together, interleaved, with longer
 repetitions, and re-checked on fresh inputs: timing noise picks different winners run to run otherwise
@@ -19,9 +19,9 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from autotune import study as study_mod
-from autotune.outcomes import Kind
-from autotune.space import Config, SearchSpace, config_hash
+from autotune.tuning import study as study_mod
+from autotune.tuning.outcomes import Kind
+from autotune.tuning.space import Config, SearchSpace, config_hash
 
 COMPILE_AHEAD = 2
 """Trials per evaluation worker compiled ahead of it (H100, 2026-11-21: compile ~1 s, check + time ~1 s)."""
@@ -140,10 +140,10 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
 
     Args:
         study: the ``optuna.Study``.
-        key: its :class:`autotune.study.StudyKey`.
+        key: its :class:`autotune.tuning.study.StudyKey`.
         space: the search space at this shape and device.
         device: the :class:`autotune.device.DeviceProfile` the constraints read.
-        workers: evaluation :class:`autotune.worker.Worker` objects (one trial on each at a time).
+        workers: evaluation :class:`autotune.tuning.worker.Worker` objects (one trial on each at a time).
         settings: the run's settings.
         report: updated in place.
         on_trial: called with each finished ``FrozenTrial`` (progress display).
@@ -227,7 +227,7 @@ def retime_finalists(study, key, worker, settings: TuneSettings, fingerprint: di
 
     Returns:
         Finalist records sorted by re-timed median (``trial, config, median_us, rounds_us, is_default`` and the
-        throughput figures), also stored via :func:`autotune.study.set_finalists`.
+        throughput figures), also stored via :func:`autotune.tuning.study.set_finalists`.
     """
     candidates = _finalist_candidates(study, settings.finalists)
     rounds: dict[int, list[dict]] = {t.number: [] for t in candidates}

@@ -6,7 +6,7 @@ import sys
 
 from tqdm import tqdm
 
-from autotune.tuner import measured_count
+from autotune.tuning.tuner import measured_count
 
 
 class StudyProgress:

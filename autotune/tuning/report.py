@@ -7,8 +7,8 @@ import json
 import pandas as pd
 
 from autotune import registry
-from autotune.export import latest_entries
-from autotune.space import space_size
+from autotune.table.export import latest_entries
+from autotune.tuning.space import space_size
 
 
 def kernels_frame(device) -> pd.DataFrame:

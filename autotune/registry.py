@@ -3,6 +3,7 @@
 
 A kernel module provides the uniform interface the tuner drives (see ``kernels/moe_gemm/__init__.py``):
 ``VARIANTS``, ``BUCKET_DIM``, ``SOURCE_FILES``, ``shape_from_dims``, ``model_shapes``, ``config_from_dict``,
+``default_config(variant, shape, device) -> dict`` (the family's default heuristic),
 ``make_inputs``, ``make_empty_inputs``, ``make_timing_inputs``, ``launches``, ``reference``, ``cost(variant, inputs,
 config)``, ``tolerance(variant, dtype, config)`` (both take the config: an fp8 KV cache moves fewer bytes and has its
 own limits). A search space module
@@ -56,8 +57,9 @@ class KernelSpec:
         return importlib.import_module(self.space_module).space(variant, shape, device)
 
     def default_config(self, variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
-        """The heuristic config (what a runtime uses without a table)."""
-        return dict(self.space(variant, shape, device).default)
+        """The kernel family's own default heuristic (what a runtime launches without a table entry, and trial 0 of
+        a study): ``kernel.default_config``, beside the launcher; no search space is built."""
+        return dict(self.kernel.default_config(variant, shape, device))
 
     def check_variant(self, variant: str) -> None:
         """Raise :class:`UnknownKernelError` for a variant this kernel does not have."""

@@ -14,3 +14,12 @@ def interpreter_active() -> bool:
     (``triton.knobs.runtime.interpret``: 1/true/yes/on, any case), without importing triton (the CLI sets the
     variable before the first kernel module loads)."""
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE
+
+
+def next_pow2(value: float) -> int:
+    """Smallest power of two >= ``value`` (1 for values <= 1): tile sizes from shape quantities such as rows per
+    expert (a float) or a feature count. Shared by the kernels' default heuristics and the search spaces."""
+    power = 1
+    while power < value:
+        power *= 2
+    return power

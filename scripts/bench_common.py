@@ -45,7 +45,7 @@ def open_gpu_bench(table_path: str | None):
         return None
     from autotune import device as device_mod
     from autotune.device.peaks import measure_peaks
-    from autotune.table.runtime import open_table
+    from autotune.table.lookup import open_table
 
     device = device_mod.detect(0)
     return (device, open_table(table_path, device), *measure_peaks())

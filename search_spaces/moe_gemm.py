@@ -8,9 +8,9 @@ anything compiles) and None otherwise.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from autotune.tuning.space import Param, SearchSpace, next_pow2
+from kernels.moe_gemm.heuristics import default_config, estimated_shared_bytes, rows_per_expert
 
 POW2_TILES = (16, 32, 64, 128, 256)
 
@@ -43,23 +43,6 @@ def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
         params.append(Param("fuse_swiglu", (True,), doc="not used by mlp2"))
         params.append(Param("SPLIT_K", (1, 2, 4, 8)))
     return tuple(params)
-
-
-def rows_per_expert(shape: Mapping[str, int]) -> float:
-    """Mean routed rows per expert hit under uniform routing (R spread over min(E, R) experts)."""
-    rows = shape["M"] * shape["top_k"]
-    return rows / max(1, min(shape["E"], rows))
-
-
-def estimated_shared_bytes(config: Mapping[str, Any], act_bytes: int = 2) -> int:
-    """Shared memory of the K-loop pipeline buffers: num_stages × (activation tile + packed e2m1 tile + scales).
-
-    A model, not a measurement: Triton may use less (e.g. when it does not pipeline a load) or more (layout
-    conversions). Each trial records the compiler's own figure (user attr ``shared_bytes``).
-    """
-    bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
-    per_stage = bm * bk * act_bytes + bn * bk // 2 + bn * bk // 32
-    return max(1, config["num_stages"]) * per_stage
 
 
 def fits_shared_memory(config, shape, device) -> str | None:
@@ -139,33 +122,7 @@ CONSTRAINTS = (tile_fits_problem, block_m_fits_rows, split_k_useful, accumulator
                fits_shared_memory, dequant_supported)
 
 
-def default(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
-    """The config without a table: BLOCK_M from the rows per expert, wide N tiles for prefill.
-
-    The choices follow the first H100 sweep (scripts/results/2026-11-21-h100-explore.log, Triton 3.6): BLOCK_N=64
-    with BLOCK_K=128 and the upcast path led at decode; 128x128x64 tiles at 8192 tokens.
-    """
-    block_m = min(128, max(16, next_pow2(rows_per_expert(shape))))
-    prefill = block_m >= 64
-    config = {
-        "BLOCK_M": block_m,
-        "BLOCK_N": min(128 if prefill else 64, max(32, next_pow2(shape["N"]))),
-        "BLOCK_K": min(64 if prefill else 128, max(32, next_pow2(shape["K"]))),
-        "GROUP_M": 8 if prefill else 1,
-        "num_warps": 4,
-        "num_stages": 3,
-        "schedule": "grid",
-        "programs_per_sm": 1,
-        "dequant": "upcast",
-        "fuse_swiglu": True,
-        "SPLIT_K": 1,
-    }
-    if device is not None and fits_shared_memory(config, shape, device):
-        config["num_stages"] = 2
-    return config
-
-
 def space(variant: str, shape: Mapping[str, int], device) -> SearchSpace:
     """The search space of one variant at one shape on one device."""
     return SearchSpace(params=_params(variant, shape), constraints=CONSTRAINTS,
-                       default=default(variant, shape, device))
+                       default=default_config(variant, shape, device))

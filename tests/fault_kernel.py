@@ -282,7 +282,7 @@ def infeasible_mode(config, shape, device) -> str | None:
     return INFEASIBLE_REASON if config["mode"] == "infeasible" else None
 
 
-def default(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
+def default_config(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
     return {"mode": "ok", "BLOCK": 16, "UNROLL": 1}
 
 
@@ -293,7 +293,7 @@ def space(variant: str, shape: Mapping[str, int], device) -> SearchSpace:
         Param("BLOCK", (16, 32, 64), doc="elements per program"),
         Param("UNROLL", (1, 2), when=lambda c: c["mode"] in SAFE_MODES, inactive=1, doc="ok modes only"),
     )
-    return SearchSpace(params=params, constraints=(infeasible_mode,), default=default(variant, shape, device))
+    return SearchSpace(params=params, constraints=(infeasible_mode,), default=default_config(variant, shape, device))
 
 
 register(KernelSpec(NAME, __name__, __name__))

@@ -50,10 +50,10 @@ def test_default_is_feasible_everywhere(variant, device):
 
 def test_default_split_fills_the_sms():
     # H100: 8 KV heads · SPLIT_KV >= 2 · 132 SMs where the keys allow (>= 64 per slice); one window block alone.
-    split = {seq: space_mod.default("decode", gpt_oss(seq), H100_LIKE)["SPLIT_KV"] for seq in (128, 512, 2048, 32768)}
+    split = {seq: space_mod.default_config("decode", gpt_oss(seq), H100_LIKE)["SPLIT_KV"] for seq in (128, 512, 2048, 32768)}
     assert split == {128: 1, 512: 8, 2048: 32, 32768: 64}
-    assert space_mod.default("decode", gpt_oss(32768, 128), H100_LIKE)["SPLIT_KV"] == 1
-    assert space_mod.default("decode", gpt_oss(32768, batch=8), GB10)["SPLIT_KV"] == 2  # 48 SMs: 8·8·2 >= 96
+    assert space_mod.default_config("decode", gpt_oss(32768, 128), H100_LIKE)["SPLIT_KV"] == 1
+    assert space_mod.default_config("decode", gpt_oss(32768, batch=8), GB10)["SPLIT_KV"] == 2  # 48 SMs: 8·8·2 >= 96
 
 
 def test_split_slice_shorter_than_block_is_pruned():

@@ -9,7 +9,7 @@ import pytest
 from autotune import defaults, registry
 from autotune.tuning import presets
 from autotune.device import DeviceProfile
-from autotune.table.runtime import open_table
+from autotune.table.lookup import open_table
 from autotune.table import ConfigTable
 
 H100_KEY = "nvidia-h100-80gb-hbm3-sm90"

@@ -113,7 +113,7 @@ def test_every_enqueued_mode_ran_once(study):
 
 
 def test_enqueue_completes_missing_keys_from_default(study):
-    default = fk.default("only", {}, None)
+    default = fk.default_config("only", {}, None)
     for trial in study.get_trials(deepcopy=False):
         config = json.loads(trial.user_attrs["config"])
         assert set(config) == set(default)

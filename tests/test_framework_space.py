@@ -156,7 +156,7 @@ def test_config_hash_is_canonical_and_stable():
     assert len(config_hash(config)) == 12
     assert config_hash({"a": 1}) != config_hash({"a": True}) != config_hash({"a": "1"})
     # pinned: stored studies and tables key on these values
-    assert config_hash(fk.default("only", {}, None)) == hashlib.sha256(
+    assert config_hash(fk.default_config("only", {}, None)) == hashlib.sha256(
         b'{"BLOCK":16,"UNROLL":1,"mode":"ok"}').hexdigest()[:12]
 
 
@@ -326,4 +326,4 @@ def test_preset_json_roundtrip_of_enqueue_defaults():
     space = fk.space("only", {"M": 64, "faults": 1}, INTERPRETER)
     for mode in fk.MODES:
         config = space.validate(json.loads(json.dumps({"mode": mode})))
-        assert config == {**fk.default("only", {}, None), "mode": mode}
+        assert config == {**fk.default_config("only", {}, None), "mode": mode}

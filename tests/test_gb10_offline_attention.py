@@ -141,7 +141,7 @@ def compile_report(capability: int) -> dict:
     cache, results = {}, {}
     for case_id, variant, seq, window, overrides in ALL_CASES:
         shape_dict = _shape(seq, window)
-        config = {**space_mod.default(variant, shape_dict, GB10), **overrides}
+        config = {**space_mod.default_config(variant, shape_dict, GB10), **overrides}
         entry = {"config": config, "estimate": space_mod.estimated_shared_bytes(config, shape_dict),
                  "check": space_mod.space(variant, shape_dict, GB10).check(config, shape_dict, GB10),
                  "launches": []}

@@ -121,7 +121,7 @@ except Exception as exc:
 cache, jit_cache, results = {}, {}, {}
 for case_id, variant, m, experts, overrides, dtype in cases:
     shape = MoeShape.for_variant(variant, M=m, hidden=2880, intermediate=2880, E=experts, top_k=4)
-    default = space_mod.default(variant, shape.as_dict(), GB10)
+    default = space_mod.default_config(variant, shape.as_dict(), GB10)
     config = {**default, **overrides}
     entry = {"config": config, "launches": []}
     try:

@@ -34,7 +34,7 @@ class KernelConfigs:
 
     def __init__(self, model: ModelConfig, device, *, table_path: str | Path | None = None, use_table: bool = True,
                  kv_dtype: str | None = None) -> None:
-        from autotune.table.runtime import open_table
+        from autotune.table.lookup import open_table
 
         self.model = model
         self.device = device

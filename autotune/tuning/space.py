@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autotune.errors import ConfigError
+from kernels import next_pow2  # noqa: F401 - re-exported for the search spaces
 
 Config = dict[str, Any]
 """A config is a plain JSON-ready dict of parameter name → value."""
@@ -45,14 +46,6 @@ class Param:
     def active(self, chosen: Mapping[str, Any]) -> bool:
         """Whether this parameter applies given the earlier choices."""
         return self.when is None or bool(self.when(chosen))
-
-
-def next_pow2(value: float) -> int:
-    """Smallest power of two >= ``value`` (1 for values <= 1): tile limits of the search spaces."""
-    power = 1
-    while power < value:
-        power *= 2
-    return power
 
 
 def _is_choice(value: Any, choices: Sequence) -> bool:

@@ -1,7 +1,8 @@
 """Flash attention with sinks of gpt-oss (GQA, causal or sliding window, bf16/fp16/fp32 or fp8 KV cache).
 
 The module-level functions below form the uniform kernel interface the tuner uses (variant, inputs, config):
-:func:`make_inputs`, :func:`make_empty_inputs`, :func:`make_timing_inputs`, :func:`launches`, :func:`launch`,
+:func:`default_config` (the default heuristic, :mod:`kernels.attention.heuristics`), :func:`make_inputs`,
+:func:`make_empty_inputs`, :func:`make_timing_inputs`, :func:`launches`, :func:`launch`,
 :func:`reference`, :func:`cost`, :func:`tolerance`, :func:`shape_from_dims`, :func:`model_shapes`. A runtime calls
 :func:`attention_prefill` and :func:`attention_decode` directly (and :func:`to_kv_dtype` to fill the cache).
 """
@@ -20,6 +21,7 @@ from kernels.attention.launch import attention_decode, attention_prefill, decode
 from kernels.attention.reference import Cost, Tolerance, attention_reference, tolerance
 from kernels.attention.reference import cost as _cost
 from kernels.launch_plan import KernelLaunch
+from kernels.attention.heuristics import default_config
 
 NAME = "attention"
 BUCKET_DIM = "seq"
@@ -33,6 +35,7 @@ SOURCE_FILES = tuple(Path(__file__).parent / name for name in ("triton_kernels.p
 """Files that decide what runs on the GPU (hashed into the table fingerprint)."""
 
 __all__ = [
+    "default_config",
     "BUCKET_DIM", "EXAMPLE_DIMS", "KV_DTYPES", "NAME", "SOURCE_FILES", "VARIANTS", "AttentionConfig",
     "AttentionInputs", "AttentionShape", "Cost", "KernelLaunch", "Tolerance", "attention_decode",
     "attention_prefill", "attention_reference", "config_from_dict", "cost", "launch", "launches",

@@ -1,7 +1,8 @@
 """MXFP4 MoE grouped GEMM of gpt-oss: mlp1 (with the SwiGLU-OAI epilogue) and mlp2 (with the top-k combine).
 
 The module-level functions below form the uniform kernel interface the tuner uses (variant, inputs, config):
-:func:`make_inputs`, :func:`make_empty_inputs`, :func:`make_timing_inputs`, :func:`launches`, :func:`launch`, :func:`reference`,
+:func:`default_config` (the default heuristic, :mod:`kernels.moe_gemm.heuristics`), :func:`make_inputs`,
+:func:`make_empty_inputs`, :func:`make_timing_inputs`, :func:`launches`, :func:`launch`, :func:`reference`,
 :func:`cost`, :func:`tolerance`, :func:`shape_from_dims`, :func:`model_shapes`. A runtime calls :func:`moe_mlp1` and
 :func:`moe_mlp2` directly.
 """
@@ -16,6 +17,7 @@ import torch
 from kernels.moe_gemm.config import VARIANTS, MoeGemmConfig, MoeShape
 from kernels.moe_gemm.inputs import MoeGemmInputs, make_empty_inputs, make_inputs, make_rotating_inputs
 from kernels.launch_plan import KernelLaunch
+from kernels.moe_gemm.heuristics import default_config
 from kernels.moe_gemm.launch import mlp1_launches, mlp2_launches, moe_mlp1, moe_mlp2
 from kernels.moe_gemm.reference import Cost, Tolerance, mlp1_reference, mlp2_reference, swiglu_reference
 from kernels.moe_gemm.reference import cost as _cost
@@ -35,6 +37,7 @@ SOURCE_FILES = tuple(Path(__file__).parent / name for name in ("triton_kernels.p
 are not: they do not change a measured config's speed)."""
 
 __all__ = [
+    "default_config",
     "BUCKET_DIM", "EXAMPLE_DIMS", "NAME", "SOURCE_FILES", "VARIANTS", "Cost", "KernelLaunch", "MoeGemmConfig",
     "MoeGemmInputs",
     "MoeShape", "Tolerance", "config_from_dict", "cost", "launch", "launches", "make_empty_inputs", "make_inputs",

@@ -92,6 +92,10 @@ class MoeGemmConfig:
         dequant: "dot_scaled" (``tl.dot_scaled`` with e2m1 operands), "upcast" (decode to the activation dtype in
             registers, then ``tl.dot``) or "upcast_ptx" (the same with the inline-PTX decode; bf16, sm_90+).
 
+    The field defaults are the shape-independent part of the default config; the tile fields' defaults are generic
+    and :func:`kernels.moe_gemm.heuristics.default_config` replaces them per shape and device (it is the default a
+    runtime launches, built from this class, so the two cannot disagree).
+
     Raises:
         ValueError: on an impossible combination (checked at construction).
     """
@@ -106,7 +110,7 @@ class MoeGemmConfig:
     programs_per_sm: int = 1
     SPLIT_K: int = 1
     fuse_swiglu: bool = True
-    dequant: str = "dot_scaled"
+    dequant: str = "upcast"
 
     def __post_init__(self) -> None:
         for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "SPLIT_K", "programs_per_sm"):

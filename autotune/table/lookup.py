@@ -1,0 +1,240 @@
+"""The runtime side of the table: one lookup object per process that serves one device's section.
+
+    table = open_table()                       # this device's section of studies/tables/configs.json
+    config = table.lookup("moe_gemm", "mlp1", {"M": 3, "N": 5760, "K": 2880, "E": 32, "top_k": 4}).config
+
+:meth:`RuntimeTable.lookup` answers, in order: the exact entry for (kernel, variant, shape); else the entry whose
+bucket dimension is nearest in log2 distance with every other dimension equal (ties to the larger bucket); else the
+kernel family's own default heuristic, with one ``RuntimeWarning`` per (kernel, variant). Only the section of one
+device key is consulted: an interpreter or another GPU's section is never served. Each answer is converted once into
+the kernel's config object (``make_config``) and memoized: this is the one memo between the table and a launch.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import types
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+from autotune.table.entry import TableEntry
+from autotune.table.keys import _canonical_shape, _format_shape
+from autotune.table.store import ConfigTable
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """The answer of :meth:`RuntimeTable.lookup`.
+
+    Attributes:
+        config: The config to launch with: what ``make_config`` made of the entry's (or the default's) parameters;
+            by default a read-only mapping, with :func:`open_table` the kernel's config object (e.g.
+            :class:`kernels.moe_gemm.MoeGemmConfig`).
+        source: ``"exact"`` (tuned for this shape), ``"nearest"`` (tuned for the nearest bucket) or ``"default"``
+            (the kernel's default config).
+        entry: The table entry that supplied the config; ``None`` for ``"default"``. Shared, treat as read-only.
+    """
+
+    config: Any
+    source: Literal["exact", "nearest", "default"]
+    entry: TableEntry | None
+
+
+DefaultConfig = Callable[[str, str, Mapping[str, int]], Mapping[str, Any]]
+"""Signature of the default-config callback: ``(kernel, variant, shape) -> config``."""
+
+MakeConfig = Callable[[str, Mapping[str, Any]], Any]
+"""Signature of the config-object callback: ``(kernel, params) -> config object``; raises ValueError for params the
+kernel's config class rejects."""
+
+_ShapeTuple = tuple[tuple[str, int], ...]
+
+
+def _read_only(kernel: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
+    return types.MappingProxyType(dict(params))
+
+
+def _bucket_distance(query: int, bucket: int) -> Fraction:
+    """Exact stand-in for ``abs(log2(max(query, 1)) - log2(max(bucket, 1)))``: the ratio of the larger value to the
+    smaller (log2 is monotonic, so comparing ratios orders buckets the same way, without float rounding in ties)."""
+    q, m = max(query, 1), max(bucket, 1)
+    return Fraction(max(q, m), min(q, m))
+
+
+class RuntimeTable:
+    """Serves kernel configs at run time from one device's section of a :class:`ConfigTable` (see the module
+    docstring for the lookup order). Thread-safe; repeated lookups of a shape return the same object.
+    """
+
+    def __init__(
+        self,
+        table: ConfigTable | None,
+        device_key: str,
+        default_config: DefaultConfig,
+        bucket_dims: Mapping[str, str],
+        *,
+        make_config: MakeConfig = _read_only,
+    ) -> None:
+        """Index one device's entries of ``table``.
+
+        Args:
+            table: The loaded table, or ``None`` to always serve defaults.
+            device_key: The key of the device the kernels run on; only its section is served.
+            default_config: ``(kernel, variant, shape) -> config`` for shapes the table cannot answer.
+            bucket_dims: Kernel name to the one shape dimension that is bucketed (e.g. ``{"moe_gemm": "M"}``);
+                kernels not listed get exact matches only.
+            make_config: ``(kernel, params) -> config object`` applied once per answer (default: a read-only
+                mapping of the params).
+        """
+        self.table = table
+        self.device_key = device_key
+        self._default_config = default_config
+        self._make_config = make_config
+        self._bucket_dims = dict(bucket_dims)
+        self._where = f"table {table.path}" if table is not None else "no table"
+        self._has_section = table is not None and device_key in table.device_keys()
+        self._exact: dict[tuple[str, str, _ShapeTuple], TableEntry] = {}
+        # (kernel, variant, bucket dim, other dims) -> [(bucket value, entry)]
+        self._buckets: dict[tuple[str, str, str, _ShapeTuple], list[tuple[int, TableEntry]]] = {}
+        for entry in table.entries(device_key) if table is not None else []:
+            dims = _canonical_shape(entry.shape)
+            self._exact[(entry.kernel, entry.variant, dims)] = entry
+            bucket_dim = self._bucket_dims.get(entry.kernel)
+            if bucket_dim is not None and bucket_dim in entry.shape:
+                fixed = tuple(d for d in dims if d[0] != bucket_dim)
+                group = self._buckets.setdefault((entry.kernel, entry.variant, bucket_dim, fixed), [])
+                group.append((entry.shape[bucket_dim], entry))
+        self._memo: dict[tuple[str, str, _ShapeTuple], LookupResult] = {}
+        self._warned: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        device_key: str,
+        default_config: DefaultConfig,
+        bucket_dims: Mapping[str, str],
+        *,
+        missing_ok: bool = True,
+        make_config: MakeConfig = _read_only,
+    ) -> RuntimeTable:
+        """Load a table file once and serve one device's section of it.
+
+        Args:
+            path: The table file.
+            device_key: The key of the device the kernels run on.
+            default_config: ``(kernel, variant, shape) -> config`` for shapes the table cannot answer.
+            bucket_dims: Kernel name to its bucketed shape dimension.
+            missing_ok: When the file does not exist, serve defaults (``True``) or raise (``False``).
+            make_config: see :meth:`__init__`.
+
+        Returns:
+            The runtime table.
+
+        Raises:
+            TableError: The file cannot be loaded (see :meth:`ConfigTable.load`).
+        """
+        return cls(ConfigTable.load(path, missing_ok=missing_ok), device_key, default_config, bucket_dims,
+                   make_config=make_config)
+
+    def lookup(self, kernel: str, variant: str, shape: Mapping[str, int]) -> LookupResult:
+        """Return the config to launch ``kernel``/``variant`` with on ``shape``.
+
+        Args:
+            kernel: Kernel name.
+            variant: Variant name.
+            shape: Dimension name to non-negative integer.
+
+        Returns:
+            The config, where it came from (``"exact"``, ``"nearest"`` or ``"default"``) and the entry behind it.
+            The same object is returned for repeated lookups of the same (kernel, variant, shape).
+
+        Raises:
+            TypeError: ``shape`` is malformed, or ``default_config`` returned something other than a mapping.
+            ValueError: ``shape`` is malformed, or the default config is rejected by ``make_config``.
+        """
+        dims = _canonical_shape(shape)
+        key = (kernel, variant, dims)
+        result = self._memo.get(key)
+        if result is not None:
+            return result
+        with self._lock:
+            result = self._memo.get(key)
+            if result is None:
+                result = self._memo[key] = self._resolve(kernel, variant, dims)
+        return result
+
+    def _resolve(self, kernel: str, variant: str, dims: _ShapeTuple) -> LookupResult:
+        entry = self._exact.get((kernel, variant, dims))
+        if entry is not None:
+            return LookupResult(self._make_config(kernel, entry.config), "exact", entry)
+
+        bucket_dim = self._bucket_dims.get(kernel)
+        if bucket_dim is not None:
+            query = dict(dims).get(bucket_dim)
+            if query is not None:
+                fixed = tuple(d for d in dims if d[0] != bucket_dim)
+                group = self._buckets.get((kernel, variant, bucket_dim, fixed))
+                if group:
+                    _, entry = min(group, key=lambda item: (_bucket_distance(query, item[0]), -item[0]))
+                    return LookupResult(self._make_config(kernel, entry.config), "nearest", entry)
+
+        config = self._default_config(kernel, variant, dict(dims))
+        if not isinstance(config, Mapping):
+            raise TypeError(
+                f"default_config({kernel!r}, {variant!r}, ...) returned {type(config).__name__}, expected a mapping"
+            )
+        if (kernel, variant) not in self._warned:
+            self._warned.add((kernel, variant))
+            if self.table is None:
+                why = "no table"
+            elif not self._has_section:
+                why = f"{self._where} has no section for device {self.device_key!r}"
+            else:
+                why = f"{self._where} has no entry for it on device {self.device_key!r}"
+            warnings.warn(
+                f"gpt-oss-autotune: no tuned config for {kernel}/{variant} (shape {_format_shape(dims)}): {why}; "
+                f"using the default config (device {self.device_key!r}; warned once per kernel/variant)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return LookupResult(self._make_config(kernel, config), "default", None)
+
+
+def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool = True) -> RuntimeTable:
+    """Load a table for a device, serving the registered kernels' config objects.
+
+    Defaults on a miss come from each kernel family's own heuristic (``kernels.<family>.default_config``); no search
+    space is built.
+
+    Args:
+        path: the table file (default: :data:`autotune.defaults.TABLE`).
+        device: a :class:`autotune.device.DeviceProfile`; default: the current CUDA device, or the interpreter.
+        missing_ok: serve defaults when the file does not exist (else TableError).
+
+    Returns:
+        A :class:`RuntimeTable` whose answers' ``config`` is the kernel's config object.
+
+    Raises:
+        TableError: for an unreadable, corrupt, foreign or newer table (the message names the file).
+    """
+    from autotune import defaults, registry
+    from autotune import device as device_mod
+
+    profile = device if device is not None else device_mod.current()
+
+    def default_config(kernel: str, variant: str, shape: Mapping[str, int]) -> dict:
+        return registry.get(kernel).default_config(variant, shape, profile)
+
+    def make_config(kernel: str, params: Mapping[str, Any]) -> Any:
+        return registry.get(kernel).kernel.config_from_dict(params)
+
+    bucket_dims = {name: registry.get(name).bucket_dim for name in registry.names()}
+    return RuntimeTable.open(Path(path) if path is not None else defaults.TABLE, profile.key, default_config,
+                             bucket_dims, missing_ok=missing_ok, make_config=make_config)

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from autotune.tuning import study as study_mod
 from autotune.table import MergeReport, TableEntry, update_table
+from autotune.tuning.records import ENTRY_METRICS
 
 
 def _load_studies(storage):
@@ -37,7 +38,7 @@ def best_entry(key, study) -> TableEntry | None:
         fingerprint = attrs.get("finalists_fingerprint") or attrs.get("fingerprint") or {}
         tuned_at = attrs.get("finalists_at")
         config, median, trial_number = best["config"], best["median_us"], best["trial"]
-        metrics = {k: best.get(k) for k in ("tflops", "gbps", "peak_fraction", "max_rel_err") if best.get(k)}
+        metrics = {k: best.get(k) for k in ENTRY_METRICS if best.get(k)}
         default_us = default["median_us"] if default else None
     else:
         complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
@@ -48,8 +49,7 @@ def best_entry(key, study) -> TableEntry | None:
         fingerprint = attrs.get("fingerprint") or {}
         tuned_at = (trial.datetime_complete or datetime.now()).astimezone(timezone.utc).isoformat(timespec="seconds")
         config, median, trial_number = study_mod.config_of(trial), trial.value, trial.number
-        metrics = {k: trial.user_attrs[k] for k in ("tflops", "gbps", "peak_fraction", "max_rel_err")
-                   if k in trial.user_attrs}
+        metrics = {k: trial.user_attrs[k] for k in ENTRY_METRICS if k in trial.user_attrs}
         default_us = default_trial.value if default_trial else None
     metrics["dtype"] = attrs.get("dtype", "")
     metrics["measured_trials"] = sum(1 for t in study.get_trials(deepcopy=False) if "median_us" in t.user_attrs)

@@ -13,6 +13,7 @@ import traceback
 from typing import Any
 
 from autotune.tuning.outcomes import Kind, classify
+from autotune.tuning.records import TIMING_SEED, Job, Result
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -72,34 +73,32 @@ class Evaluator:
             self._timing_key = key
         return self._timing_sets
 
-    def evaluate(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Evaluate one config.
+    def evaluate(self, job: Job) -> Result:
+        """Evaluate one config: check it on fresh inputs (``job.check``), then time it (``job.timed``).
 
         Args:
-            job: ``kernel, variant, shape (dict), config (dict), dtype (str), seed (int), rep_ms (float)``; optional
-                ``check`` (default True) and ``time`` (default True).
+            job: the :class:`autotune.tuning.records.Job`.
 
         Returns:
-            ``kind`` (an :class:`autotune.tuning.outcomes.Kind` value), ``phase``, ``error`` and, as far as it got:
-            ``compile_s, shared_bytes, max_rel_err, tolerance, median_us, p20_us, p80_us, timing_method,
-            timing_sets, flops, bytes, tflops, gbps, peak_fraction, nvml``.
+            The :class:`autotune.tuning.records.Result`: its kind, the phase it got to, the error and, as far as it
+            got, the compile, check and timing figures. Never raises for a failure of the candidate.
         """
         from autotune import registry
 
-        result: dict[str, Any] = {"kind": Kind.OK.value}
+        info: dict[str, Any] = {"kind": Kind.OK}
         phase = "config"
         try:
-            spec = registry.get(job["kernel"])
+            spec = registry.get(job.kernel)
             kernel = spec.kernel
-            variant = job["variant"]
-            shape = kernel.shape_from_dims(variant, job["shape"])
-            config = kernel.config_from_dict(job["config"])
-            dtype = _dtype(job["dtype"])
-            if job.get("check", True):
+            variant = job.variant
+            shape = kernel.shape_from_dims(variant, job.shape)
+            config = kernel.config_from_dict(job.config)
+            dtype = _dtype(job.dtype)
+            if job.check:
                 phase = "compile"
-                inputs = kernel.make_inputs(variant, shape, dtype=dtype, device=self.torch_device, seed=job["seed"])
+                inputs = kernel.make_inputs(variant, shape, dtype=dtype, device=self.torch_device, seed=job.seed)
                 out, plan = kernel.launches(variant, inputs, config)
-                result.update(self._compile(plan))
+                info.update(self._compile(plan))
                 phase = "run"
                 out.fill_(float("nan"))
                 out, plan = kernel.launches(variant, inputs, config, out)  # re-plan: planning may zero-fill out
@@ -107,38 +106,33 @@ class Evaluator:
                     launch.run()
                 self._synchronize()
                 phase = "check"
-                result.update(self._check(kernel, variant, inputs, out, dtype, config))
-                if result["kind"] != Kind.OK.value:
-                    return result
-            if job.get("time", True):
+                info.update(self._check(kernel, variant, inputs, out, dtype, config))
+            if job.timed and info["kind"] is Kind.OK:
                 phase = "time"
-                result.update(self._time(kernel, variant, shape, config, dtype, job))
+                info.update(self._time(kernel, variant, shape, config, dtype, job.rep_ms))
         except Exception as exc:  # noqa: BLE001 - every failure of a candidate becomes a trial outcome
-            result["kind"] = classify(exc, phase).value
-            result["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-            result["traceback"] = traceback.format_exc()[-4000:]
-        finally:
-            result["phase"] = phase
-        return result
+            info["kind"] = classify(exc, phase)
+            info["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            info["traceback"] = traceback.format_exc()[-4000:]
+        return Result(phase=phase, **info)
 
-    def precompile(self, job: dict[str, Any]) -> dict[str, Any]:
+    def precompile(self, job: Job) -> Result:
         """Compile a config into Triton's on-disk cache without running it (uninitialized inputs of the job's shape,
         so the specialization matches the evaluating worker's). Lets several processes compile while one GPU times.
 
         Returns:
-            ``kind`` ("ok" or the failure kind), ``compile_s``, ``error``.
+            A :class:`Result` of kind OK with ``compile_s``, or the failure kind with ``error``.
         """
         from autotune import registry
 
         try:
-            kernel = registry.get(job["kernel"]).kernel
-            shape = kernel.shape_from_dims(job["variant"], job["shape"])
-            inputs = kernel.make_empty_inputs(job["variant"], shape, dtype=_dtype(job["dtype"]),
-                                              device=self.torch_device)
-            _, plan = kernel.launches(job["variant"], inputs, kernel.config_from_dict(job["config"]))
-            return {"kind": Kind.OK.value, **self._compile(plan)}
+            kernel = registry.get(job.kernel).kernel
+            shape = kernel.shape_from_dims(job.variant, job.shape)
+            inputs = kernel.make_empty_inputs(job.variant, shape, dtype=_dtype(job.dtype), device=self.torch_device)
+            _, plan = kernel.launches(job.variant, inputs, kernel.config_from_dict(job.config))
+            return Result(kind=Kind.OK, phase="compile", **self._compile(plan))
         except Exception as exc:  # noqa: BLE001 - the evaluating worker compiles again and classifies the error
-            return {"kind": classify(exc, "compile").value, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            return Result(kind=classify(exc, "compile"), phase="compile", error=f"{type(exc).__name__}: {exc}"[:500])
 
     def _synchronize(self) -> None:
         if self.torch_device == "cuda":
@@ -167,13 +161,13 @@ class Evaluator:
         info: dict[str, Any] = {"tolerance": tol.max_rel_err}
         if not bool(torch.isfinite(out).all()):
             bad = int((~torch.isfinite(out)).sum())
-            info.update(kind=Kind.NAN.value, error=f"{bad} of {out.numel()} output elements are NaN/Inf or unwritten")
+            info.update(kind=Kind.NAN, error=f"{bad} of {out.numel()} output elements are NaN/Inf or unwritten")
             return info
         ref = kernel.reference(variant, inputs)
         err = row_relative_error(out, ref)
         info["max_rel_err"] = err
         if not err <= tol.max_rel_err:
-            info.update(kind=Kind.WRONG_RESULT.value,
+            info.update(kind=Kind.WRONG_RESULT,
                         error=f"max row relative error {err:.3e} > tolerance {tol.max_rel_err:.1e} ({tol.reason})")
             return info
         elem_limit = getattr(tol, "max_elem_err", None)
@@ -181,16 +175,16 @@ class Evaluator:
             elem = element_error(out, ref)
             info["max_elem_err"] = elem
             if not elem <= elem_limit:
-                info.update(kind=Kind.WRONG_RESULT.value,
+                info.update(kind=Kind.WRONG_RESULT,
                             error=f"max element error {elem:.3e} of the row RMS > tolerance {elem_limit:.1e} "
                                   f"({tol.reason})")
         return info
 
-    def _time(self, kernel, variant, shape, config, dtype, job) -> dict[str, Any]:
+    def _time(self, kernel, variant, shape, config, dtype, rep_ms: float) -> dict[str, Any]:
         from autotune.device import nvml_readings
         from autotune.tuning.timing import median_us
 
-        sets = self._timing_inputs(kernel, variant, shape, dtype, seed_base=job.get("timing_seed", 1234))
+        sets = self._timing_inputs(kernel, variant, shape, dtype, seed_base=TIMING_SEED)
         outs = [kernel.launches(variant, item, config)[0] for item in sets]
 
         def call_for(item, out):
@@ -200,7 +194,7 @@ class Evaluator:
             return call
 
         timing = median_us([call_for(item, out) for item, out in zip(sets, outs)],
-                           on_gpu=self.torch_device == "cuda", rep_ms=job.get("rep_ms", 50.0))
+                           on_gpu=self.torch_device == "cuda", rep_ms=rep_ms)
         cost = kernel.cost(variant, sets, config)  # e.g. an fp8 KV cache moves fewer bytes
         seconds = timing.median_us * 1e-6
         info: dict[str, Any] = {

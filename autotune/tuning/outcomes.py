@@ -25,10 +25,15 @@ class Kind(str, enum.Enum):
     WRONG_RESULT = "wrong_result"  # relative error above the tolerance
     TIMEOUT = "timeout"  # no answer within --trial-timeout: the worker was killed
     WORKER_DIED = "worker_died"  # the worker process exited (segfault, os._exit, killed)
+    NODE_LOST = "node_lost"  # the machine of a remote (Ray) worker left the cluster mid-trial
+    INTERRUPTED = "interrupted"  # the tuner process itself was killed while the trial ran; its config is re-queued
 
 
 STICKY = {Kind.CUDA_ERROR, Kind.TIMEOUT, Kind.WORKER_DIED}
 """Kinds after which the worker process must not be reused."""
+
+UNCOUNTED = {Kind.INTERRUPTED}
+"""Kinds of trials that used no budget: the tuner died, not the config (they are re-queued and run again)."""
 
 
 def classify(exc: BaseException, phase: str) -> Kind:
@@ -59,7 +64,8 @@ def classify(exc: BaseException, phase: str) -> Kind:
 
 
 def trial_state(kind: Kind):
-    """The Optuna state of a trial that ended with ``kind``: COMPLETE, PRUNED (constraints) or FAIL."""
+    """The Optuna state of a trial that ended with ``kind``: COMPLETE (ok), PRUNED (constraints) or FAIL (every
+    other kind, ``interrupted`` included: Optuna has no state for "the tuner died", the ``kind`` attribute says it)."""
     from optuna.trial import TrialState
 
     if kind is Kind.OK:

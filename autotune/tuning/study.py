@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from autotune.tuning.outcomes import Kind, trial_state
+from autotune.tuning.records import ENTRY_METRICS, Result
 from autotune.tuning.space import Config, SearchSpace, config_hash, config_json
 
 HOST = socket.gethostname()
@@ -123,9 +124,9 @@ def recover_interrupted(study, stale_after: timedelta) -> list[int]:
             orphan = host == HOST and not _pid_alive(int(pid))
         if not orphan:
             continue
-        _set_attr(study, trial, "kind", "interrupted")
+        _set_attr(study, trial, "kind", Kind.INTERRUPTED.value)
         _set_attr(study, trial, "error", "the tuner process was killed while this trial ran; its config was re-queued")
-        study.tell(trial.number, state=TrialState.FAIL)
+        study.tell(trial.number, state=trial_state(Kind.INTERRUPTED))
         failed.append(trial.number)
         if "config" in trial.user_attrs:
             study.enqueue_trial(trial.params, user_attrs={"source": "requeued", "requeued_from": trial.number})
@@ -173,26 +174,18 @@ def claim(trial, config: Config) -> None:
     trial.set_user_attr("source", trial.user_attrs.get("source", "sampler"))
 
 
-_RESULT_ATTRS = ("kind", "phase", "error", "compile_s", "shared_bytes", "max_rel_err", "max_elem_err", "tolerance",
-                 "median_us", "p20_us", "p80_us", "timing_method", "timing_sets", "tflops", "gbps", "peak_fraction",
-                 "flops", "bytes")
-
-
-def record_result(study, trial, result: Mapping[str, Any]):
-    """Store a worker result on the trial and finish it with the state its outcome maps to.
+def record_result(study, trial, result: Result):
+    """Store a worker's :class:`~autotune.tuning.records.Result` on the trial (:meth:`Result.trial_attrs`) and finish
+    it with the state its outcome maps to.
 
     Returns:
         The finished ``FrozenTrial``.
     """
-    for name in _RESULT_ATTRS:
-        if name in result and result[name] is not None:
-            trial.set_user_attr(name, result[name])
-    for name, value in (result.get("nvml") or {}).items():
+    for name, value in result.trial_attrs().items():
         trial.set_user_attr(name, value)
-    kind = Kind(result["kind"])
-    if kind is Kind.OK:
-        return study.tell(trial, result["median_us"])
-    return study.tell(trial, state=trial_state(kind))
+    if result.ok:
+        return study.tell(trial, result.median_us)
+    return study.tell(trial, state=trial_state(result.kind))
 
 
 def record_pruned(study, trial, reason: str):
@@ -206,7 +199,7 @@ def record_duplicate(study, trial, original) -> Any:
     """Finish a trial whose config was already measured: same value, no second measurement."""
     trial.set_user_attr("kind", Kind.OK.value)
     trial.set_user_attr("duplicate_of", original.number)
-    for name in ("median_us", "tflops", "gbps", "peak_fraction", "max_rel_err"):
+    for name in ("median_us", *ENTRY_METRICS):
         if name in original.user_attrs:
             trial.set_user_attr(name, original.user_attrs[name])
     return study.tell(trial, original.value)

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autotune.tuning import study as study_mod
-from autotune.tuning.outcomes import Kind
+from autotune.tuning.outcomes import UNCOUNTED, Kind
+from autotune.tuning.records import ENTRY_METRICS, Job, Result
 from autotune.tuning.space import Config, SearchSpace, config_hash
 
 COMPILE_AHEAD = 2
@@ -82,8 +83,9 @@ def measured_count(study) -> int:
     """Trials that used budget: measured (COMPLETE or FAIL), not repeats, not interrupted by a killed run."""
     from optuna.trial import TrialState
 
+    uncounted = {kind.value for kind in UNCOUNTED}
     return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-               if "duplicate_of" not in t.user_attrs and t.user_attrs.get("kind") != "interrupted")
+               if "duplicate_of" not in t.user_attrs and t.user_attrs.get("kind") not in uncounted)
 
 
 def _has_queued(study) -> bool:
@@ -102,19 +104,19 @@ def _completed_by_hash(study) -> dict[str, Any]:
     return out
 
 
-def _job(key, config: Config, settings: TuneSettings, seed: int, **extra) -> dict[str, Any]:
-    return {"kernel": key.kernel, "variant": key.variant, "shape": key.shape_dict, "config": config,
-            "dtype": settings.dtype, "seed": seed, "rep_ms": settings.rep_ms, **extra}
+def _job(key, config: Config, settings: TuneSettings, seed: int, **extra) -> Job:
+    return Job(kernel=key.kernel, variant=key.variant, shape=key.shape_dict, config=config, dtype=settings.dtype,
+               seed=seed, **{"rep_ms": settings.rep_ms, **extra})
 
 
-def _evaluate_pipeline(job: dict[str, Any], timeout_s: float, compilers: queue.Queue | None,
-                       evaluators: queue.Queue, report: StudyReport) -> dict[str, Any]:
+def _evaluate_pipeline(job: Job, timeout_s: float, compilers: queue.Queue | None,
+                       evaluators: queue.Queue, report: StudyReport) -> Result:
     """Compile on a free compile worker (if any), then evaluate on a free evaluation worker."""
     if compilers is not None:
         compiler = compilers.get()
         try:
-            ahead = compiler.evaluate({**job, "compile_only": True}, timeout_s)
-            report.precompiled.append(ahead["kind"])  # a failure resurfaces, classified, in the evaluation
+            ahead = compiler.evaluate(job.with_(compile_only=True), timeout_s)
+            report.precompiled.append(ahead.kind.value)  # a failure resurfaces, classified, in the evaluation
         finally:
             compilers.put(compiler)
     worker = evaluators.get()
@@ -240,8 +242,8 @@ def retime_finalists(study, key, worker, settings: TuneSettings, fingerprint: di
                        seed=study_seed(settings.seed, key.name) + 100_000 * (round_index + 1) + trial.number,
                        check=round_index == 0, rep_ms=settings.final_rep_ms)
             result = worker.evaluate(job, settings.trial_timeout_s)
-            if result["kind"] != Kind.OK.value:
-                rejected[trial.number] = f"{result['kind']}: {result.get('error', '')}"[:500]
+            if not result.ok:
+                rejected[trial.number] = f"{result.kind.value}: {result.error or ''}"[:500]
             else:
                 rounds[trial.number].append(result)
     finalists = []
@@ -249,13 +251,12 @@ def retime_finalists(study, key, worker, settings: TuneSettings, fingerprint: di
         if trial.number in rejected or not rounds[trial.number]:
             continue
         results = rounds[trial.number]
-        median = statistics.median(r["median_us"] for r in results)
-        best = min(results, key=lambda r: abs(r["median_us"] - median))
+        median = statistics.median(r.median_us for r in results)
+        best = min(results, key=lambda r: abs(r.median_us - median))
         finalists.append({
             "trial": trial.number, "config": study_mod.config_of(trial), "median_us": median,
-            "rounds_us": [r["median_us"] for r in results], "is_default": trial.user_attrs.get("source") == "default",
-            "tflops": best.get("tflops"), "gbps": best.get("gbps"), "peak_fraction": best.get("peak_fraction"),
-            "max_rel_err": results[0].get("max_rel_err"),
+            "rounds_us": [r.median_us for r in results], "is_default": trial.user_attrs.get("source") == "default",
+            **{name: getattr(best, name) for name in ENTRY_METRICS}, "max_rel_err": results[0].max_rel_err,
         })
     finalists.sort(key=lambda f: f["median_us"])
     if rejected:

@@ -2,7 +2,8 @@
 (an illegal memory access poisons the whole CUDA context: pytorch#95542, triton#6224) or a hang costs one trial and a
 restart, never the study.
 
-The parent talks to a worker over a pipe: one job dict in, one result dict out. :meth:`Worker.evaluate` waits at
+The parent talks to a worker over a pipe: one :class:`~autotune.tuning.records.Job` in, one
+:class:`~autotune.tuning.records.Result` out. :meth:`Worker.evaluate` waits at
 most the trial timeout; on silence it kills the process (a hung kernel cannot be interrupted otherwise) and reports
 ``timeout``; if the process exits it reports ``worker_died`` with the exit code. After any sticky outcome
 (:data:`autotune.tuning.outcomes.STICKY`) the worker is restarted before its next job.
@@ -13,9 +14,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
-from typing import Any
-
 from autotune.tuning.outcomes import STICKY, Kind
+from autotune.tuning.records import Job, Result
 
 
 def _exit_with_parent(parent_pid: int, interval_s: float = 0.5) -> None:
@@ -51,12 +51,12 @@ def _worker_main(conn, env: dict[str, str], parent_pid: int) -> None:
             return
         if job is None:
             return
-        result = evaluator.precompile(job) if job.get("compile_only") else evaluator.evaluate(job)
+        result = evaluator.precompile(job) if job.compile_only else evaluator.evaluate(job)
         try:
             conn.send(result)
         except (BrokenPipeError, OSError):
             return  # the tuner is gone
-        if result["kind"] == Kind.CUDA_ERROR.value:
+        if result.kind is Kind.CUDA_ERROR:
             os._exit(3)  # the CUDA context is unusable; the parent starts a fresh process
 
 
@@ -143,7 +143,7 @@ class Worker:
         self.restarts += 1
         self.start()
 
-    def evaluate(self, job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def evaluate(self, job: Job, timeout_s: float) -> Result:
         """Run one job, surviving whatever the job does to the process.
 
         Args:
@@ -151,7 +151,7 @@ class Worker:
             timeout_s: wall-clock limit for compile + check + time.
 
         Returns:
-            The worker's result dict, or ``{"kind": "timeout" | "worker_died", "error": ...}``.
+            The worker's :class:`Result`, or one of kind ``timeout`` / ``worker_died`` with the reason.
         """
         if not self.alive():
             self.restart()
@@ -164,16 +164,16 @@ class Worker:
         if not ready:
             self._process.kill()
             self.restart()
-            return {"kind": Kind.TIMEOUT.value, "phase": "unknown",
-                    "error": f"no result within the trial timeout of {timeout_s:.0f} s: worker killed"}
+            return Result(kind=Kind.TIMEOUT,
+                          error=f"no result within the trial timeout of {timeout_s:.0f} s: worker killed")
         try:
             result = self._conn.recv()
         except (EOFError, OSError):
             self._process.join(5.0)
             code = self._process.exitcode if self._process is not None else None
             self.restart()
-            return {"kind": Kind.WORKER_DIED.value, "phase": "unknown",
-                    "error": f"worker process exited with code {code} after {time.monotonic() - start:.1f} s"}
-        if Kind(result["kind"]) in STICKY:
+            return Result(kind=Kind.WORKER_DIED,
+                          error=f"worker process exited with code {code} after {time.monotonic() - start:.1f} s")
+        if result.kind in STICKY:
             self.restart()
         return result

@@ -1,0 +1,111 @@
+"""The typed records that travel between the tuner and its workers: a :class:`Job` in, a :class:`Result` out.
+
+Written by :mod:`autotune.tuning.tuner`, carried over a pipe by :mod:`autotune.tuning.worker`, executed by
+:mod:`autotune.tuning.evaluate`, stored on the trial by :mod:`autotune.tuning.study` and read by
+:mod:`autotune.table.export`. Both are plain frozen dataclasses (picklable, so they cross process boundaries as they
+are). The names of the measurements a table entry keeps are listed once, in :data:`ENTRY_METRICS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from autotune.tuning.outcomes import Kind
+
+TIMING_SEED = 1234
+"""Seed of the rotating timing input sets (the same inputs for every config of a shape, so that their timings
+compare like with like); correctness checks use a fresh seed per trial instead."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One config to evaluate.
+
+    Attributes:
+        kernel: registered kernel name.
+        variant: its variant.
+        shape: the shape dimensions (e.g. ``{"M": 16, "N": 5760, ...}``).
+        config: the complete config (parameter name → value).
+        dtype: activation dtype name ("bfloat16", "float16", "float32").
+        seed: seed of the fresh correctness-check inputs.
+        rep_ms: timed milliseconds (``rep`` of Triton's do_bench*).
+        check: run the correctness check first.
+        timed: time the config (after a passed check).
+        compile_only: only compile into Triton's cache (compile-ahead workers).
+    """
+
+    kernel: str
+    variant: str
+    shape: dict[str, int]
+    config: dict[str, Any]
+    dtype: str
+    seed: int
+    rep_ms: float
+    check: bool = True
+    timed: bool = True
+    compile_only: bool = False
+
+    def with_(self, **changes: Any) -> Job:
+        """A copy with some fields replaced."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a worker found out about one config; every measurement in physical units, None where it did not get.
+
+    Attributes:
+        kind: how the evaluation ended (:class:`autotune.tuning.outcomes.Kind`).
+        phase: what it was doing last ("config", "compile", "run", "check", "time", or "unknown" for a timeout or a
+            dead worker).
+        error: one-paragraph reason for a failure (bounded).
+        traceback: the worker's traceback (bounded; kept off the trial's summary attributes).
+        compile_s: seconds spent compiling.
+        shared_bytes: shared memory per program the compiler reports, bytes.
+        max_rel_err, max_elem_err: the check's row-wise and element-wise errors; tolerance: its row limit.
+        median_us, p20_us, p80_us: timing quantiles of one call, microseconds.
+        timing_method: "cuda_graph", "cuda_events" or "wall_clock"; timing_sets: rotating input sets.
+        flops, bytes: the kernel's cost model for one call.
+        tflops, gbps, peak_fraction: achieved rates and the larger fraction of the device's two ceilings.
+        nvml: GPU state while timing (clocks, temperature, power, throttle reasons).
+    """
+
+    kind: Kind
+    phase: str = "unknown"
+    error: str | None = None
+    traceback: str | None = None
+    compile_s: float | None = None
+    shared_bytes: int | None = None
+    max_rel_err: float | None = None
+    max_elem_err: float | None = None
+    tolerance: float | None = None
+    median_us: float | None = None
+    p20_us: float | None = None
+    p80_us: float | None = None
+    timing_method: str | None = None
+    timing_sets: int | None = None
+    flops: float | None = None
+    bytes: float | None = None
+    tflops: float | None = None
+    gbps: float | None = None
+    peak_fraction: float | None = None
+    nvml: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the config was measured."""
+        return self.kind is Kind.OK
+
+    def trial_attrs(self) -> dict[str, Any]:
+        """The user attributes a trial stores: every field that is set except the traceback, ``kind`` as its value
+        string, and the NVML readings flattened (``sm_clock_mhz``, ``temperature_c``, ...)."""
+        attrs = {name: value for name, value in asdict(self).items()
+                 if value is not None and name not in ("traceback", "nvml")}
+        attrs["kind"] = self.kind.value
+        attrs.update(self.nvml)
+        return attrs
+
+
+ENTRY_METRICS = ("tflops", "gbps", "peak_fraction", "max_rel_err")
+"""The measurements a table entry and a re-timed finalist keep besides ``median_us``."""

@@ -21,7 +21,7 @@ import torch
 
 from autotune.model.generation import DecodeRunner, sync_device
 from autotune.model.model import STAGES, GptOss
-from kernels.attention.config import AttentionShape
+from kernels.attention.config import AttentionShape, kv_storage_dtype
 from kernels.attention.reference import cost as attention_cost
 from kernels.moe_gemm import MoeShape
 from kernels.moe_gemm.reference import cost as moe_cost
@@ -73,7 +73,7 @@ def run_prefill_test(model: GptOss, tokens: int, runs: int, *, seed: int = 0) ->
     """``pp<tokens>``: batch-1 prefill of a random prompt into a fresh cache, one warm-up + ``runs`` timed runs."""
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, model.config.vocab_size, (1, tokens), generator=generator).to(model.device)
-    cache = model.new_cache(1, tokens, model.configs.kv_dtype or "act")
+    cache = model.new_cache(1, tokens)
     result = TestResult(f"pp{tokens}", tokens)
     for run in range(runs + 1):
         cache.reset()
@@ -91,7 +91,7 @@ def run_prefill_test(model: GptOss, tokens: int, runs: int, *, seed: int = 0) ->
 def run_decode_test(model: GptOss, steps: int, runs: int, *, cuda_graphs: bool = True) -> TestResult:
     """``tg<steps>``: after a one-token prompt, ``steps`` greedy decode steps (argmax fed back on the device, no
     host sync inside the timed loop); one warm-up run (compiles, captures graphs) + ``runs`` timed runs."""
-    cache = model.new_cache(1, steps + 1, model.configs.kv_dtype or "act")
+    cache = model.new_cache(1, steps + 1)
     runner = DecodeRunner(model, cache, cuda_graphs=cuda_graphs)
     first = torch.zeros(1, 1, dtype=torch.int64, device=model.device)
     result = TestResult(f"tg{steps}", steps)
@@ -141,7 +141,7 @@ def stage_costs(model: GptOss, *, tokens: int, context: int, decode: bool) -> di
         shape = MoeShape.for_variant(variant, M=tokens, hidden=H, intermediate=c.intermediate_size, E=E, top_k=k)
         one = moe_cost(variant, shape, hit, act, act)
         costs[f"moe_{variant}"] = (layers * one.bytes, layers * one.flops)
-    kv_bytes = 1 if model.configs.kv_dtype == "fp8" else act
+    kv_bytes = kv_storage_dtype(model.kv_dtype, model.act_dtype).itemsize
     att_bytes = att_flops = 0.0
     for n in range(layers):
         shape = AttentionShape(batch=tokens if decode else 1, seq=context, heads_q=c.num_attention_heads,
@@ -235,7 +235,7 @@ def profile_pass(model: GptOss, *, decode: bool, tokens: int,
     generator = torch.Generator().manual_seed(1)
     length = context if decode else tokens
     prompt = torch.randint(0, model.config.vocab_size, (1, length), generator=generator).to(model.device)
-    cache = model.new_cache(1, length + 1, model.configs.kv_dtype or "act")
+    cache = model.new_cache(1, length + 1)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
     options = {"acc_events": True} if "acc_events" in inspect.signature(profile).parameters else {}
 
@@ -245,7 +245,7 @@ def profile_pass(model: GptOss, *, decode: bool, tokens: int,
             model.prefill(prompt[:, :length - 1] if length > 1 else prompt, cache)
             with profile(activities=activities, **options) as prof:
                 model.annotate = True
-                model.decode(prompt[:, -1], cache, model.decode_key(cache))
+                model.decode(prompt[:, -1], cache, model.decode_step_configs(cache))
                 sync_device(model.device)
         else:
             with profile(activities=activities, **options) as prof:

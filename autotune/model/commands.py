@@ -64,12 +64,12 @@ def cmd_generate(*, checkpoint: str, prompt: str | None, prompt_ids: str | None,
         raise UserError(f"--temperature must be >= 0 and --top-p in (0, 1], got {temperature} and {top_p}")
     ids, tokenizer = _encode(prompt, prompt_ids)
     model = load_model(checkpoint, table=table, use_table=not no_table,
-                       max_positions=len(ids) + max_new_tokens)
+                       max_positions=len(ids) + max_new_tokens, kv_dtype=kv_dtype)
     bad = [t for t in ids if t >= model.config.vocab_size]
     if bad:
         raise UserError(f"prompt token ids {bad[:5]} are outside the vocabulary (size {model.config.vocab_size})")
     result = run_generation(model, [ids], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                            seed=seed, kv_dtype=kv_dtype, cuda_graphs=not no_cuda_graphs)
+                            seed=seed, cuda_graphs=not no_cuda_graphs)
     generated = result.generated_ids[0]
     text = None
     if tokenizer is not None:
@@ -81,7 +81,7 @@ def cmd_generate(*, checkpoint: str, prompt: str | None, prompt_ids: str | None,
         record = {"prompt_ids": ids, "generated_ids": generated, "text": text,
                   "ttft_s": round(result.prefill_s, 6),
                   "tpot_s": round(result.decode_s / result.decode_steps, 6) if result.decode_steps else None,
-                  "kv_dtype": model.configs.kv_dtype, "configs": model.configs.summary(),
+                  "kv_dtype": model.kv_dtype, "configs": model.configs.summary(),
                   "device": str(model.device), "cuda_graphs": result.graphs_captured}
         print(json.dumps(record))
     else:
@@ -137,9 +137,8 @@ def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int |
 
     models = {}
     for label, use_table in (("table", True), ("no table", False)):
-        model = build_model(config, weights, table=table, use_table=use_table, max_positions=longest)
-        model.configs.set_kv_dtype(kv_dtype or model.configs.preferred_kv_dtype(1, longest))
-        models[label] = model
+        models[label] = build_model(config, weights, table=table, use_table=use_table, max_positions=longest,
+                                    kv_dtype=kv_dtype)
 
     def run_plan(model, timed_runs: int) -> dict:
         results = {}
@@ -203,7 +202,7 @@ def _bench_report(plan, settings, described, device, copy_gbps, mm_tflops) -> li
     lines = [f"### bench-model: {described}", "",
              f"{datetime.date.today().isoformat()}; {name}; driver {driver}; torch {torch.__version__}; "
              f"triton {triton.__version__}; Python {platform.python_version()}; activations {model.act_dtype}; "
-             f"KV cache {model.configs.kv_dtype}", ""]
+             f"KV cache {model.kv_dtype}", ""]
     per_token = bench.bytes_per_token(model)
     bound = copy_gbps * 1e9 / per_token if copy_gbps else None
     if copy_gbps:
@@ -235,19 +234,19 @@ def _bench_report(plan, settings, described, device, copy_gbps, mm_tflops) -> li
 
 
 def _lookup_cost_us(model, repeats: int = 2000) -> float:
-    """Host time of the config lookups of one decode step (:meth:`GptOss.decode_key` on a batch-1 cache filled to
+    """Host time of the config lookups of one decode step (:meth:`GptOss.decode_step_configs` on a batch-1 cache filled to
     its capacity less one, capacity up to 129), µs, median of 5 batches of ``repeats`` calls."""
     import statistics
     import time
 
     capacity = min(129, model.rope.max_positions)
-    cache = model.new_cache(1, capacity, model.configs.kv_dtype or "act")
+    cache = model.new_cache(1, capacity)
     cache.host_lens = [capacity - 1]
-    model.decode_key(cache)  # first lookup of these shapes fills the memo
+    model.decode_step_configs(cache)  # first lookup of these shapes fills the memo
     samples = []
     for _ in range(5):
         start = time.perf_counter()
         for _ in range(repeats):
-            model.decode_key(cache)
+            model.decode_step_configs(cache)
         samples.append((time.perf_counter() - start) / repeats * 1e6)
     return statistics.median(samples)

@@ -11,14 +11,15 @@ from dataclasses import dataclass, field
 import torch
 
 from autotune.model.kv_cache import KVCache
-from autotune.model.model import DecodeKey, GptOss
+from autotune.model.kernel_configs import StepConfigs
+from autotune.model.model import GptOss
 from autotune.model.sampling import select_next
 
 
 class DecodeRunner:
     """Runs :meth:`GptOss.decode` steps on a cache, replaying a captured CUDA graph when ``cuda_graphs`` is set.
 
-    The first step with a new :class:`DecodeKey` runs eagerly (which also compiles its Triton kernels), then the
+    The first step with a new :class:`StepConfigs` runs eagerly (which also compiles its Triton kernels), then the
     step is captured; later steps with that key replay the graph. ``tokens`` is the graph's fixed input buffer.
 
     Args:
@@ -32,7 +33,7 @@ class DecodeRunner:
         self.cache = cache
         self.cuda_graphs = cuda_graphs and model.device.type == "cuda"
         self.tokens = torch.zeros(cache.batch, dtype=torch.int64, device=model.device)  # [B]
-        self._graphs: dict[DecodeKey, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graphs: dict[StepConfigs, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     @property
@@ -55,7 +56,7 @@ class DecodeRunner:
         self.cache.check_room(None, 1)
         if tokens is not None:
             self.tokens.copy_(tokens)
-        key = self.model.decode_key(self.cache)
+        key = self.model.decode_step_configs(self.cache)
         captured = self._graphs.get(key)
         if captured is not None:
             captured[0].replay()
@@ -101,7 +102,7 @@ def sync_device(device: torch.device) -> None:
 @torch.inference_mode()
 def generate(model: GptOss, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, seed: int | None = None, stop_ids: tuple[int, ...] = (),
-             kv_dtype: str | None = None, cuda_graphs: bool = True) -> Generation:
+             cuda_graphs: bool = True) -> Generation:
     """Generate up to ``max_new_tokens`` for each prompt (a batch; prompts may differ in length).
 
     Args:
@@ -111,8 +112,6 @@ def generate(model: GptOss, prompts: list[list[int]], *, max_new_tokens: int, te
         temperature, top_p: sampling (see :func:`autotune.model.sampling.select_next`); 0 = greedy.
         seed: seeds the sampler.
         stop_ids: a sequence ends after producing one of these ids (the batch runs until all ended).
-        kv_dtype: KV cache storage "act" or "fp8"; None takes the table's choice for decode at this batch and
-            final context (the default config's without a table).
         cuda_graphs: replay decode steps as CUDA graphs on a GPU.
 
     Returns:
@@ -131,9 +130,7 @@ def generate(model: GptOss, prompts: list[list[int]], *, max_new_tokens: int, te
     device = model.device
     batch = len(prompts)
     capacity = max(len(p) for p in prompts) + max_new_tokens
-    if kv_dtype is None:
-        kv_dtype = model.configs.preferred_kv_dtype(batch, capacity)
-    cache = model.new_cache(batch, capacity, kv_dtype)
+    cache = model.new_cache(batch, capacity)
     generator = None
     if seed is not None:
         generator = torch.Generator(device="cpu").manual_seed(seed)

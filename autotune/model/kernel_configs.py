@@ -1,20 +1,47 @@
-"""Kernel configs of the inference loop: the tuned table (loaded once) or the search spaces' defaults.
+"""Kernel configs of the inference loop: per forward pass, one immutable :class:`StepConfigs` holding the config of
+every tuned kernel the pass launches.
 
-The loop asks for a config at every call site with the call's shape; answers are memoized per shape, so a decode
-step costs one dict lookup per kernel call after the first step at a shape.
+The way of a config: table entry (or the kernel family's default heuristic on a miss) → the one runtime lookup
+object (:class:`autotune.table.lookup.RuntimeTable`, which converts it once into the kernel's config object and
+memoizes it per shape) → a :class:`StepConfigs` built once per distinct shape set → the launches. A decode step's
+:class:`StepConfigs` is also its CUDA-graph key, so the graph and the launched configs cannot disagree.
+
+The KV cache's storage (``kv_dtype``: "act" or "fp8") is decided once, when the provider is made: the caller's
+choice, else the table's choice for batch-1 decode at the longest context on full-attention layers. Attention
+configs are then served for that storage (an entry tuned with the other storage keeps its tiles and takes this one's
+``kv_dtype``: one cache serves every attention call).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from autotune import registry
 from autotune.model.config import ModelConfig
 from kernels.attention import AttentionConfig, AttentionShape
+from kernels.attention.config import KV_CONFIG_DTYPES
 from kernels.moe_gemm import MoeGemmConfig, MoeShape
+
+
+@dataclass(frozen=True)
+class StepConfigs:
+    """The configs of one forward pass (hashable: decode captures one CUDA graph per distinct value).
+
+    Attributes:
+        attention_full: attention on full-causal layers (window 0).
+        attention_sliding: attention on sliding-window layers.
+        mlp1, mlp2: the two MoE GEMMs.
+    """
+
+    attention_full: AttentionConfig
+    attention_sliding: AttentionConfig
+    mlp1: MoeGemmConfig
+    mlp2: MoeGemmConfig
+
+    def attention(self, window: int) -> AttentionConfig:
+        """The attention config of a layer with sliding window ``window`` (0: full causal)."""
+        return self.attention_sliding if window else self.attention_full
 
 
 class KernelConfigs:
@@ -24,48 +51,35 @@ class KernelConfigs:
         model: the model config (widths, heads, experts).
         device: the :class:`autotune.device.DeviceProfile` the kernels run on.
         table_path: the table to read (``None``: :data:`autotune.defaults.TABLE`); ignored with ``use_table=False``.
-        use_table: False serves the search spaces' default configs only (``--no-table``).
-        kv_dtype: the KV cache's storage, ``"act"`` or ``"fp8"``; it overrides the ``kv_dtype`` of every attention
-            config, since one cache serves every call. ``None`` until :meth:`set_kv_dtype`.
+        use_table: False serves the kernels' default configs only (``--no-table``).
+        kv_dtype: the KV cache's storage, "act" or "fp8"; ``None`` takes the table's choice (see the module
+            docstring) for contexts up to ``max_context``.
+        max_context: the longest context served (the RoPE table length), for the table's KV choice.
 
     Raises:
         TableError: the table cannot be loaded (corrupt, foreign, newer schema; the message names the file).
+        ValueError: ``kv_dtype`` is not "act" or "fp8".
     """
 
     def __init__(self, model: ModelConfig, device, *, table_path: str | Path | None = None, use_table: bool = True,
-                 kv_dtype: str | None = None) -> None:
+                 kv_dtype: str | None = None, max_context: int = 4096) -> None:
         from autotune.table.lookup import open_table
 
         self.model = model
         self.device = device
-        self.table = open_table(table_path, device) if use_table else None
+        self.lookup = open_table(table_path, device, use_table=use_table)
+        self._steps: dict[tuple, StepConfigs] = {}
+        if kv_dtype is None:
+            kv_dtype = self._attention("decode", 1, max(1, max_context), 0, None).kv_dtype
+        if kv_dtype not in KV_CONFIG_DTYPES:
+            raise ValueError(f"kv_dtype must be one of {KV_CONFIG_DTYPES}, got {kv_dtype!r}")
         self.kv_dtype = kv_dtype
-        self.sources: Counter[tuple[str, str, str]] = Counter()
-        self._memo: dict[tuple, Any] = {}
 
-    def set_kv_dtype(self, kv_dtype: str) -> None:
-        """Fix the KV cache storage served in attention configs (``"act"`` or ``"fp8"``)."""
-        self.kv_dtype = kv_dtype
-        self._memo = {key: value for key, value in self._memo.items() if key[0] != "attention"}
-
-    def _resolve(self, kernel: str, variant: str, shape: dict[str, int]) -> dict[str, Any]:
-        if self.table is None:
-            self.sources[(kernel, variant, "default")] += 1
-            return registry.get(kernel).default_config(variant, shape, self.device)
-        result = self.table.lookup(kernel, variant, shape)
-        self.sources[(kernel, variant, result.source)] += 1
-        return dict(result.config)
-
-    def moe(self, variant: str, tokens: int) -> MoeGemmConfig:
-        """Config of an MoE GEMM call (``"mlp1"`` or ``"mlp2"``) over ``tokens`` tokens."""
-        key = ("moe_gemm", variant, tokens)
-        config = self._memo.get(key)
-        if config is None:
-            m = self.model
-            shape = MoeShape.for_variant(variant, M=tokens, hidden=m.hidden_size, intermediate=m.intermediate_size,
-                                         E=m.num_experts, top_k=m.experts_per_token).as_dict()
-            config = self._memo[key] = MoeGemmConfig.from_dict(self._resolve("moe_gemm", variant, shape))
-        return config
+    def _moe(self, variant: str, tokens: int) -> MoeGemmConfig:
+        m = self.model
+        shape = MoeShape.for_variant(variant, M=tokens, hidden=m.hidden_size, intermediate=m.intermediate_size,
+                                     E=m.num_experts, top_k=m.experts_per_token)
+        return self.lookup.lookup("moe_gemm", variant, shape.as_dict()).config
 
     def attention_shape(self, batch: int, seq: int, window: int) -> dict[str, int]:
         """The attention shape key (see :mod:`kernels.attention`) of a call."""
@@ -73,30 +87,31 @@ class KernelConfigs:
         return AttentionShape(batch=batch, seq=seq, heads_q=m.num_attention_heads, heads_kv=m.num_key_value_heads,
                               head_dim=m.head_dim, window=window).as_dict()
 
-    def attention(self, variant: str, batch: int, seq: int, window: int) -> AttentionConfig:
-        """Config of an attention call: ``"prefill"`` (seq = prompt tokens) or ``"decode"`` (seq = context length).
+    def _attention(self, variant: str, batch: int, seq: int, window: int, kv_dtype: str | None) -> AttentionConfig:
+        config = self.lookup.lookup("attention", variant, self.attention_shape(batch, seq, window)).config
+        return config if kv_dtype is None or config.kv_dtype == kv_dtype else replace(config, kv_dtype=kv_dtype)
 
-        The ``kv_dtype`` field is replaced by the cache's (:attr:`kv_dtype`) when that is set.
+    def step(self, variant: str, *, batch: int, tokens: int, context: int) -> StepConfigs:
+        """The configs of one forward pass, built once per distinct (variant, batch, tokens, context).
+
+        Args:
+            variant: "prefill" or "decode" (the attention variant).
+            batch: sequences in the pass.
+            tokens: N, tokens in the pass (the MoE GEMMs' M).
+            context: prefill: the keys after the pass (start + prompt length); decode: the context after the step.
+
+        Returns:
+            The :class:`StepConfigs`.
         """
-        key = ("attention", variant, batch, seq, window)
-        config = self._memo.get(key)
-        if config is None:
-            params = self._resolve("attention", variant, self.attention_shape(batch, seq, window))
-            config = AttentionConfig.from_dict(params)
-            if self.kv_dtype is not None and config.kv_dtype != self.kv_dtype:
-                config = replace(config, kv_dtype=self.kv_dtype)
-            self._memo[key] = config
-        return config
-
-    def preferred_kv_dtype(self, batch: int, context: int) -> str:
-        """The KV storage the table picked for decode at ``batch`` × ``context`` on full-attention layers (the
-        layers whose cache reads grow with the context), or the default's when there is no table entry."""
-        params = self._resolve("attention", "decode", self.attention_shape(batch, context, 0))
-        return str(params.get("kv_dtype", "act"))
+        key = (variant, batch, tokens, context)
+        step = self._steps.get(key)
+        if step is None:
+            step = self._steps[key] = StepConfigs(
+                attention_full=self._attention(variant, batch, context, 0, self.kv_dtype),
+                attention_sliding=self._attention(variant, batch, context, self.model.sliding_window, self.kv_dtype),
+                mlp1=self._moe("mlp1", tokens), mlp2=self._moe("mlp2", tokens))
+        return step
 
     def summary(self) -> dict[str, int]:
         """How many distinct shapes were served from each source: ``{"exact": n, "nearest": n, "default": n}``."""
-        counts: Counter[str] = Counter()
-        for (_, _, source), shapes in self.sources.items():
-            counts[source] += shapes
-        return dict(counts)
+        return dict(Counter(result.source for *_, result in self.lookup.served()))

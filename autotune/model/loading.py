@@ -26,9 +26,11 @@ def _torch_device(device: str | torch.device | None) -> torch.device:
 
 
 def build_model(config: ModelConfig, weights: dict[str, torch.Tensor], *, table: str | Path | None = None,
-                use_table: bool = True, max_positions: int = DEFAULT_MAX_POSITIONS) -> GptOss:
+                use_table: bool = True, max_positions: int = DEFAULT_MAX_POSITIONS,
+                kv_dtype: str | None = None) -> GptOss:
     """A :class:`GptOss` over loaded weights, with kernel configs from the table (or defaults with ``use_table``
-    False). The activation dtype is the weights' (embedding) dtype.
+    False). The activation dtype is the weights' (embedding) dtype; the KV cache's storage is ``kv_dtype`` ("act"
+    or "fp8"), or the table's choice for contexts up to ``max_positions`` when None.
 
     Raises:
         TableError: the table cannot be loaded.
@@ -38,13 +40,14 @@ def build_model(config: ModelConfig, weights: dict[str, torch.Tensor], *, table:
     embedding = weights["embedding.weight"]
     profile = device_mod.current(embedding.device.index or 0) if embedding.device.type == "cuda" \
         else device_mod.INTERPRETER
-    configs = KernelConfigs(config, profile, table_path=table, use_table=use_table)
+    configs = KernelConfigs(config, profile, table_path=table, use_table=use_table, kv_dtype=kv_dtype,
+                            max_context=max_positions)
     return GptOss(config, weights, configs=configs, act_dtype=embedding.dtype, max_positions=max_positions)
 
 
 def load_model(checkpoint: str | Path, *, device: str | torch.device | None = None,
                act_dtype: torch.dtype | None = None, table: str | Path | None = None, use_table: bool = True,
-               max_positions: int = DEFAULT_MAX_POSITIONS) -> GptOss:
+               max_positions: int = DEFAULT_MAX_POSITIONS, kv_dtype: str | None = None) -> GptOss:
     """Load an original-layout checkpoint onto ``device`` (default: CUDA if available, else CPU + interpreter).
 
     Raises:
@@ -56,4 +59,5 @@ def load_model(checkpoint: str | Path, *, device: str | torch.device | None = No
     torch_device = _torch_device(device)
     dtype = act_dtype or activation_dtype(torch_device)
     config, weights = load_checkpoint(checkpoint, device=torch_device, dtype=dtype)
-    return build_model(config, weights, table=table, use_table=use_table, max_positions=max_positions)
+    return build_model(config, weights, table=table, use_table=use_table, max_positions=max_positions,
+                       kv_dtype=kv_dtype)

@@ -1,7 +1,8 @@
 """The gpt-oss transformer, run with this project's Triton kernels: MXFP4 MoE GEMMs (``kernels.moe_gemm``), flash
 attention with sinks (``kernels.attention``), residual add + RMSNorm and RoPE + KV-cache store
 (``kernels.layer_ops``), routing (``kernels.moe_routing``), the qkv/out/router projections of a few tokens
-(``kernels.gemv``); the embedding lookup, the unembedding and the projections of longer prompts are torch (cuBLAS). Each kernel call takes its config from :class:`autotune.model.kernel_configs.KernelConfigs`.
+(``kernels.gemv``); the embedding lookup, the unembedding and the projections of longer prompts are torch (cuBLAS). Every pass takes the configs of its kernels as one :class:`autotune.model.kernel_configs.StepConfigs` from
+:class:`autotune.model.kernel_configs.KernelConfigs`.
 
 Follows openai/gpt-oss ``gpt_oss/torch/model.py`` (the architecture is summarized in FACTS.md). Legend: B sequences,
 T new tokens per sequence, N = B·T tokens, H hidden, V vocabulary, Hq/Hkv query/KV heads, D head dim, E experts,
@@ -17,14 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from autotune.model.config import ModelConfig
-from autotune.model.kernel_configs import KernelConfigs
+from autotune.model.kernel_configs import KernelConfigs, StepConfigs
 from autotune.model.kv_cache import KVCache
 from autotune.model.rope import RopeTable
-from kernels.attention import KV_DTYPES, AttentionConfig, attention_decode, attention_prefill
+from kernels.attention import attention_decode, attention_prefill, kv_storage_dtype
 from kernels.gemv import MAX_ROWS as GEMV_MAX_ROWS
 from kernels.gemv import gemv
 from kernels.layer_ops import add_rms_norm, rope_qkv_write
-from kernels.moe_gemm import MoeGemmConfig, moe_mlp1, moe_mlp2
+from kernels.moe_gemm import moe_mlp1, moe_mlp2
 from kernels.moe_routing import route
 
 STAGES = ("embed", "attn_norm_qkv", "rope_kv_write", "attention", "attn_out", "mlp_norm_router", "routing",
@@ -75,16 +76,6 @@ class LayerWeights:
     window: int                # sliding window in tokens, 0 = full causal
 
 
-@dataclass(frozen=True)
-class DecodeKey:
-    """The configs one decode step launches with; a CUDA graph is captured per distinct key."""
-
-    attention_full: AttentionConfig
-    attention_sliding: AttentionConfig
-    mlp1: MoeGemmConfig
-    mlp2: MoeGemmConfig
-
-
 class GptOss:
     """gpt-oss forward passes over a :class:`KVCache`: :meth:`prefill` for prompts, :meth:`decode` for one token per
     sequence (CUDA-graph capturable).
@@ -131,21 +122,20 @@ class GptOss:
             mlp2_bias=weights[p + "mlp.mlp2_bias"], window=self.config.window(n))
 
     # ------------------------------------------------------------------------------------------------ caches
-    def kv_storage(self, kv_dtype: str) -> torch.dtype:
-        """The cache tensor dtype of an attention ``kv_dtype`` ("act": the activation dtype, "fp8": e4m3)."""
-        return self.act_dtype if kv_dtype == "act" else KV_DTYPES[kv_dtype]
+    @property
+    def kv_dtype(self) -> str:
+        """The KV cache's storage ("act" or "fp8"), decided once by :class:`KernelConfigs`."""
+        return self.configs.kv_dtype
 
-    def new_cache(self, batch: int, capacity: int, kv_dtype: str = "act") -> KVCache:
-        """An empty KV cache for ``batch`` sequences of up to ``capacity`` tokens (also fixes the attention
-        configs' ``kv_dtype``)."""
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        """An empty KV cache for ``batch`` sequences of up to ``capacity`` tokens, in :attr:`kv_dtype` storage."""
         if capacity > self.rope.max_positions:
             raise ValueError(f"KV cache capacity {capacity} exceeds the RoPE table ({self.rope.max_positions})")
-        self.configs.set_kv_dtype(kv_dtype)
-        return KVCache(self.config, batch, capacity, self.kv_storage(kv_dtype), self.device)
+        return KVCache(self.config, batch, capacity, kv_storage_dtype(self.kv_dtype, self.act_dtype), self.device)
 
     # ------------------------------------------------------------------------------------------------ layers
     def _layers(self, x: torch.Tensor, cache: KVCache, positions: torch.Tensor, *, tokens_per_seq: int,
-                first_seq: int, attend) -> torch.Tensor:
+                first_seq: int, attend, step: StepConfigs) -> torch.Tensor:
         """Every transformer block over the residual stream ``x`` (updated in place), then the final RMSNorm.
 
         Each block's two residual adds are fused into the RMSNorm that follows them (the MoE output of block n is
@@ -159,6 +149,7 @@ class GptOss:
             tokens_per_seq: T.
             first_seq: the cache row of the first sequence.
             attend: ``attend(n, layer, q) -> [N, Hq·D]`` the attention of block n over the cache.
+            step: the pass's kernel configs.
 
         Returns:
             ``[N, H]``: the final RMSNorm of the residual stream, activation dtype.
@@ -186,10 +177,10 @@ class GptOss:
                 routing = route(router_logits, c.experts_per_token)
             with self._stage("moe_mlp1"):
                 a = moe_mlp1(h, routing, layer.mlp1_blocks, layer.mlp1_scales, layer.mlp1_bias,
-                             self.configs.moe("mlp1", tokens))               # [R, I]
+                             step.mlp1)                                      # [R, I]
             with self._stage("moe_mlp2"):
                 pending = moe_mlp2(a, routing, layer.mlp2_blocks, layer.mlp2_scales, layer.mlp2_bias,
-                                   self.configs.moe("mlp2", tokens))         # [N, H] fp32, gate-weighted sum over k
+                                   step.mlp2)                                # [N, H] fp32, gate-weighted sum over k
         with self._stage("unembed"):
             _, h = add_rms_norm(x, pending, self.final_norm, eps=RMS_EPS, inplace=True)
         return h
@@ -235,28 +226,28 @@ class GptOss:
         with self._stage("embed"):
             x = self.embedding[tokens.reshape(-1)]                             # [N, H]
 
+        step = self.configs.step("prefill", batch=batch, tokens=batch * length, context=start + length)
+
         def attend(n: int, layer: LayerWeights, q: torch.Tensor) -> torch.Tensor:
-            config = self.configs.attention("prefill", batch, start + length, layer.window)
             return attention_prefill(q.view(batch, length, c.num_attention_heads, c.head_dim), cache.k[n][rows],
                                      cache.v[n][rows], layer.sinks, start_pos=start, window=layer.window,
-                                     sm_scale=c.sm_scale, config=config).view(batch * length, c.q_size)
+                                     sm_scale=c.sm_scale, config=step.attention(layer.window)
+                                     ).view(batch * length, c.q_size)
 
-        h = self._layers(x, cache, positions, tokens_per_seq=length, first_seq=indices.start, attend=attend)
+        h = self._layers(x, cache, positions, tokens_per_seq=length, first_seq=indices.start, attend=attend,
+                         step=step)
         for i in indices:
             cache.host_lens[i] += length
         cache.lens[rows] += length
         h = h.view(batch, length, c.hidden_size)
         return self._logits(h if all_logits else h[:, -1])
 
-    def decode_key(self, cache: KVCache) -> DecodeKey:
-        """The configs of the next decode step (the context length is the longest sequence's, after the step)."""
-        context = max(cache.host_lens) + 1
-        batch = cache.batch
-        return DecodeKey(self.configs.attention("decode", batch, context, 0),
-                         self.configs.attention("decode", batch, context, self.config.sliding_window),
-                         self.configs.moe("mlp1", batch), self.configs.moe("mlp2", batch))
+    def decode_step_configs(self, cache: KVCache) -> StepConfigs:
+        """The configs of the next decode step (the context is the longest sequence's, after the step): also the
+        step's CUDA-graph key."""
+        return self.configs.step("decode", batch=cache.batch, tokens=cache.batch, context=max(cache.host_lens) + 1)
 
-    def decode(self, tokens: torch.Tensor, cache: KVCache, key: DecodeKey) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, cache: KVCache, step: StepConfigs) -> torch.Tensor:
         """One token per sequence: append its K/V at position ``cache.lens`` and advance ``cache.lens`` by one.
 
         Graph-capturable: reads positions from ``cache.lens`` on the device, no host sync. The caller advances
@@ -265,7 +256,7 @@ class GptOss:
         Args:
             tokens: int64 ``[B]``.
             cache: the KV cache (every sequence gets one token).
-            key: the step's configs (:meth:`decode_key`).
+            step: the step's configs (:meth:`decode_step_configs`).
 
         Returns:
             float32 logits ``[B, V]``.
@@ -277,10 +268,9 @@ class GptOss:
             x = self.embedding[tokens]                 # [B, H]
 
         def attend(n: int, layer: LayerWeights, q: torch.Tensor) -> torch.Tensor:
-            config = key.attention_sliding if layer.window else key.attention_full
             return attention_decode(q, cache.k[n], cache.v[n], layer.sinks, new_lens, window=layer.window,
-                                    sm_scale=c.sm_scale, config=config).view(batch, c.q_size)
+                                    sm_scale=c.sm_scale, config=step.attention(layer.window)).view(batch, c.q_size)
 
-        h = self._layers(x, cache, cache.lens, tokens_per_seq=1, first_seq=0, attend=attend)
+        h = self._layers(x, cache, cache.lens, tokens_per_seq=1, first_seq=0, attend=attend, step=step)
         cache.lens.copy_(new_lens)
         return self._logits(h)

@@ -79,6 +79,7 @@ class RuntimeTable:
         bucket_dims: Mapping[str, str],
         *,
         make_config: MakeConfig = _read_only,
+        warn_defaults: bool = True,
     ) -> None:
         """Index one device's entries of ``table``.
 
@@ -90,6 +91,8 @@ class RuntimeTable:
                 kernels not listed get exact matches only.
             make_config: ``(kernel, params) -> config object`` applied once per answer (default: a read-only
                 mapping of the params).
+            warn_defaults: warn once per (kernel, variant) when the default config is served (off for a runtime
+                that asked for defaults, e.g. ``--no-table``).
         """
         self.table = table
         self.device_key = device_key
@@ -111,6 +114,7 @@ class RuntimeTable:
                 group.append((entry.shape[bucket_dim], entry))
         self._memo: dict[tuple[str, str, _ShapeTuple], LookupResult] = {}
         self._warned: set[tuple[str, str]] = set()
+        self._warn_defaults = warn_defaults
         self._lock = threading.Lock()
 
     @classmethod
@@ -170,6 +174,11 @@ class RuntimeTable:
                 result = self._memo[key] = self._resolve(kernel, variant, dims)
         return result
 
+    def served(self) -> list[tuple[str, str, dict[str, int], LookupResult]]:
+        """Every distinct (kernel, variant, shape) answered so far, with its answer, in answering order."""
+        with self._lock:
+            return [(kernel, variant, dict(dims), result) for (kernel, variant, dims), result in self._memo.items()]
+
     def _resolve(self, kernel: str, variant: str, dims: _ShapeTuple) -> LookupResult:
         entry = self._exact.get((kernel, variant, dims))
         if entry is not None:
@@ -190,7 +199,7 @@ class RuntimeTable:
             raise TypeError(
                 f"default_config({kernel!r}, {variant!r}, ...) returned {type(config).__name__}, expected a mapping"
             )
-        if (kernel, variant) not in self._warned:
+        if self._warn_defaults and (kernel, variant) not in self._warned:
             self._warned.add((kernel, variant))
             if self.table is None:
                 why = "no table"
@@ -207,7 +216,8 @@ class RuntimeTable:
         return LookupResult(self._make_config(kernel, config), "default", None)
 
 
-def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool = True) -> RuntimeTable:
+def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool = True,
+               use_table: bool = True) -> RuntimeTable:
     """Load a table for a device, serving the registered kernels' config objects.
 
     Defaults on a miss come from each kernel family's own heuristic (``kernels.<family>.default_config``); no search
@@ -217,6 +227,7 @@ def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool 
         path: the table file (default: :data:`autotune.defaults.TABLE`).
         device: a :class:`autotune.device.DeviceProfile`; default: the current CUDA device, or the interpreter.
         missing_ok: serve defaults when the file does not exist (else TableError).
+        use_table: False reads no file and serves every kernel's default config without warnings (``--no-table``).
 
     Returns:
         A :class:`RuntimeTable` whose answers' ``config`` is the kernel's config object.
@@ -236,5 +247,8 @@ def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool 
         return registry.get(kernel).kernel.config_from_dict(params)
 
     bucket_dims = {name: registry.get(name).bucket_dim for name in registry.names()}
+    if not use_table:
+        return RuntimeTable(None, profile.key, default_config, bucket_dims, make_config=make_config,
+                            warn_defaults=False)
     return RuntimeTable.open(Path(path) if path is not None else defaults.TABLE, profile.key, default_config,
                              bucket_dims, missing_ok=missing_ok, make_config=make_config)

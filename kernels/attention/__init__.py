@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from kernels.attention.config import (KV_DTYPES, VARIANTS, AttentionConfig, AttentionShape, to_kv_dtype)
+from kernels.attention.config import (KV_DTYPES, VARIANTS, AttentionConfig, AttentionShape, kv_storage_dtype,
+                                      to_kv_dtype)
 from kernels.attention.inputs import AttentionInputs, make_empty_inputs, make_inputs, make_rotating_inputs
 from kernels.attention.launch import attention_decode, attention_prefill, decode_launches, prefill_launches
 from kernels.attention.reference import Cost, Tolerance, attention_reference, tolerance
@@ -40,7 +41,7 @@ __all__ = [
     "AttentionInputs", "AttentionShape", "Cost", "KernelLaunch", "Tolerance", "attention_decode",
     "attention_prefill", "attention_reference", "config_from_dict", "cost", "launch", "launches",
     "make_empty_inputs", "make_inputs", "make_timing_inputs", "model_shapes", "reference", "shape_from_dims",
-    "to_kv_dtype", "tolerance",
+    "kv_storage_dtype", "to_kv_dtype", "tolerance",
 ]
 
 _DIMS = ("batch", "seq", "heads_q", "heads_kv", "head_dim", "window")

@@ -29,6 +29,20 @@ def _is_pow2(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
 
+def kv_storage_dtype(kv_dtype: str, act_dtype: torch.dtype) -> torch.dtype:
+    """The cache tensor dtype of an ``AttentionConfig.kv_dtype`` name: "act" → ``act_dtype``, "fp8" → e4m3.
+
+    The one place the names map to dtypes (the kernels' launch checks, the model's cache, the benchmarks' byte
+    counts).
+
+    Raises:
+        ValueError: for a name outside :data:`KV_CONFIG_DTYPES`.
+    """
+    if kv_dtype not in KV_CONFIG_DTYPES:
+        raise ValueError(f"kv_dtype={kv_dtype!r} must be one of {KV_CONFIG_DTYPES}")
+    return act_dtype if kv_dtype == "act" else KV_DTYPES[kv_dtype]
+
+
 def to_kv_dtype(x: torch.Tensor, kv_dtype: torch.dtype) -> torch.Tensor:
     """Cast keys or values for storing into the cache.
 
@@ -144,4 +158,4 @@ class AttentionConfig:
 
     def cache_dtype(self, act_dtype: torch.dtype) -> torch.dtype:
         """The KV-cache tensor dtype this config reads, given the activation dtype."""
-        return act_dtype if self.kv_dtype == "act" else KV_DTYPES[self.kv_dtype]
+        return kv_storage_dtype(self.kv_dtype, act_dtype)

@@ -48,6 +48,14 @@ class LookupResult:
 DefaultConfig = Callable[[str, str, Mapping[str, int]], Mapping[str, Any]]
 """Signature of the default-config callback: ``(kernel, variant, shape) -> config``."""
 
+EntryCheck = Callable[[TableEntry], "str | None"]
+"""``(entry) -> problem or None``: why an entry cannot be served here (invalid config, unfit for this device or
+dtype); such an entry is skipped with one warning naming its key, as if it were absent."""
+
+StaleCheck = Callable[[TableEntry], "list[str]"]
+"""``(entry) -> changed fingerprint fields``: an entry tuned under other software is still served, with one warning
+per kernel that says how to re-tune."""
+
 MakeConfig = Callable[[str, Mapping[str, Any]], Any]
 """Signature of the config-object callback: ``(kernel, params) -> config object``; raises ValueError for params the
 kernel's config class rejects."""
@@ -80,6 +88,8 @@ class RuntimeTable:
         *,
         make_config: MakeConfig = _read_only,
         warn_defaults: bool = True,
+        entry_problem: EntryCheck | None = None,
+        stale_fields: StaleCheck | None = None,
     ) -> None:
         """Index one device's entries of ``table``.
 
@@ -93,6 +103,8 @@ class RuntimeTable:
                 mapping of the params).
             warn_defaults: warn once per (kernel, variant) when the default config is served (off for a runtime
                 that asked for defaults, e.g. ``--no-table``).
+            entry_problem: see :data:`EntryCheck`; None serves every entry of the section.
+            stale_fields: see :data:`StaleCheck`; None treats every entry as fresh.
         """
         self.table = table
         self.device_key = device_key
@@ -101,10 +113,19 @@ class RuntimeTable:
         self._bucket_dims = dict(bucket_dims)
         self._where = f"table {table.path}" if table is not None else "no table"
         self._has_section = table is not None and device_key in table.device_keys()
+        self._stale_fields = stale_fields
+        self.skipped: dict[str, str] = {}
+        """Entry key → why it is not served (see ``entry_problem``)."""
         self._exact: dict[tuple[str, str, _ShapeTuple], TableEntry] = {}
         # (kernel, variant, bucket dim, other dims) -> [(bucket value, entry)]
         self._buckets: dict[tuple[str, str, str, _ShapeTuple], list[tuple[int, TableEntry]]] = {}
         for entry in table.entries(device_key) if table is not None else []:
+            problem = entry_problem(entry) if entry_problem is not None else None
+            if problem:
+                self.skipped[entry.key] = problem
+                warnings.warn(f"gpt-oss-autotune: {self._where}: entry {entry.key} is not served: {problem}",
+                              RuntimeWarning, stacklevel=2)
+                continue
             dims = _canonical_shape(entry.shape)
             self._exact[(entry.kernel, entry.variant, dims)] = entry
             bucket_dim = self._bucket_dims.get(entry.kernel)
@@ -114,6 +135,7 @@ class RuntimeTable:
                 group.append((entry.shape[bucket_dim], entry))
         self._memo: dict[tuple[str, str, _ShapeTuple], LookupResult] = {}
         self._warned: set[tuple[str, str]] = set()
+        self._warned_stale: set[str] = set()
         self._warn_defaults = warn_defaults
         self._lock = threading.Lock()
 
@@ -179,10 +201,26 @@ class RuntimeTable:
         with self._lock:
             return [(kernel, variant, dict(dims), result) for (kernel, variant, dims), result in self._memo.items()]
 
+    def stale(self, entry: TableEntry | None) -> list[str]:
+        """The fingerprint fields in which ``entry`` differs from the current software (empty: fresh, or no
+        entry, or no staleness check)."""
+        return self._stale_fields(entry) if entry is not None and self._stale_fields is not None else []
+
+    def _served(self, kernel: str, entry: TableEntry, source: Literal["exact", "nearest"]) -> LookupResult:
+        changed = self.stale(entry)
+        if changed and kernel not in self._warned_stale:
+            self._warned_stale.add(kernel)
+            warnings.warn(
+                f"gpt-oss-autotune: {self._where}: {kernel} entries were tuned under another "
+                f"{', '.join(changed)} (e.g. {entry.key}); serving them anyway; re-tune with "
+                f"`python -m autotune retune {kernel}` (warned once per kernel)",
+                RuntimeWarning, stacklevel=5)
+        return LookupResult(self._make_config(kernel, entry.config), source, entry)
+
     def _resolve(self, kernel: str, variant: str, dims: _ShapeTuple) -> LookupResult:
         entry = self._exact.get((kernel, variant, dims))
         if entry is not None:
-            return LookupResult(self._make_config(kernel, entry.config), "exact", entry)
+            return self._served(kernel, entry, "exact")
 
         bucket_dim = self._bucket_dims.get(kernel)
         if bucket_dim is not None:
@@ -192,7 +230,7 @@ class RuntimeTable:
                 group = self._buckets.get((kernel, variant, bucket_dim, fixed))
                 if group:
                     _, entry = min(group, key=lambda item: (_bucket_distance(query, item[0]), -item[0]))
-                    return LookupResult(self._make_config(kernel, entry.config), "nearest", entry)
+                    return self._served(kernel, entry, "nearest")
 
         config = self._default_config(kernel, variant, dict(dims))
         if not isinstance(config, Mapping):

@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--random", choices=("20b", "120b"), help="random weights of this size, made on the device")
     bm.add_argument("--layers", type=int, help="with --random: fewer layers (same widths)")
     bm.add_argument("--tests", default=defaults.BENCH_TESTS, help="llama-bench tests (default: %(default)s)")
+    bm.add_argument("--batch", default=defaults.BENCH_BATCH,
+                    help="decode batch sizes for the tg tests, e.g. 1,4,16,64 (pp tests run at batch 1; default: "
+                         "%(default)s)")
     bm.add_argument("--runs", type=int, default=defaults.BENCH_RUNS, help="timed runs per test (default: %(default)s)")
     bm.add_argument("--table", help=f"lookup table to read (default: {defaults.TABLE})")
     bm.add_argument("--kv-dtype", choices=("act", "fp8"), help="KV cache storage (default: the table's choice)")

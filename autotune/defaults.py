@@ -57,4 +57,5 @@ TOP_P = 1.0
 
 BENCH_TESTS = "pp512,pp2048,tg32,tg128"
 BENCH_RUNS = 5
-"""``bench-model``: llama-bench tests and timed runs per test (mean ± std over the runs)."""
+BENCH_BATCH = "1"
+"""``bench-model``: llama-bench tests, timed runs per test (mean ± std over the runs), decode batch sizes."""

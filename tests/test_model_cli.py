@@ -119,7 +119,21 @@ def test_bench_model_table_runs_both_settings(tiny, capsys, tmp_path):
     assert rate > 0
 
 
+def test_bench_model_decode_batches(tiny, tmp_path):
+    """--batch decodes B sequences at once: one tg row per batch size, its rate counting every sequence's tokens."""
+    report = tmp_path / "bench.md"
+    code = cli.main(["bench-model", "--checkpoint", str(tiny), "--tests", "tg2", "--batch", "1,3", "--runs", "1",
+                     "--out", str(report)])
+    assert code == 0
+    text = report.read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| tg2")}
+    assert set(rows) == {"tg2", "tg2 B=3"}, rows
+    assert all(float(row.split("|")[2].split("±")[0]) > 0 for row in rows.values())
+
+
 @pytest.mark.parametrize("argv, needles", [
+    (["--batch", "0"], ("--batch",)),
+    (["--batch", "two"], ("--batch",)),
     (["--tests", "pp0"], ("--tests",)),
     (["--tests", "xx5"], ("--tests",)),
     (["--runs", "0"], ("--runs",)),

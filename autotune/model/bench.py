@@ -51,6 +51,23 @@ class TestResult:
         return statistics.stdev(self.rates) if len(self.rates) > 1 else 0.0
 
 
+def test_name(kind: str, count: int, batch: int = 1) -> str:
+    """llama-bench's name of a test (``pp512``, ``tg128``), with `` B=4`` appended for a batch above one."""
+    return f"{kind}{count}" + (f" B={batch}" if batch > 1 else "")
+
+
+def parse_batches(text: str) -> list[int]:
+    """``"1,4,16"`` → ``[1, 4, 16]`` (decode batch sizes of ``bench-model --batch``).
+
+    Raises:
+        ValueError: anything but positive integers.
+    """
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise ValueError(f"{text!r} must be comma-separated batch sizes >= 1, e.g. 1,4,16,64")
+    return sorted(set(int(p) for p in parts))
+
+
 def parse_tests(text: str) -> list[tuple[str, int]]:
     """``"pp512,tg128"`` → ``[("pp", 512), ("tg", 128)]``.
 
@@ -88,13 +105,15 @@ def run_prefill_test(model: GptOss, tokens: int, runs: int, *, seed: int = 0) ->
 
 
 @torch.inference_mode()
-def run_decode_test(model: GptOss, steps: int, runs: int, *, cuda_graphs: bool = True) -> TestResult:
-    """``tg<steps>``: after a one-token prompt, ``steps`` greedy decode steps (argmax fed back on the device, no
-    host sync inside the timed loop); one warm-up run (compiles, captures graphs) + ``runs`` timed runs."""
-    cache = model.new_cache(1, steps + 1)
+def run_decode_test(model: GptOss, steps: int, runs: int, *, cuda_graphs: bool = True,
+                    batch: int = 1) -> TestResult:
+    """``tg<steps>`` of ``batch`` sequences decoded together: after a one-token prompt each, ``steps`` greedy decode
+    steps (argmax fed back on the device, no host sync inside the timed loop); one warm-up run (compiles, captures
+    graphs) + ``runs`` timed runs. Its rate counts every sequence's tokens (``batch · steps`` per run)."""
+    cache = model.new_cache(batch, steps + 1)
     runner = DecodeRunner(model, cache, cuda_graphs=cuda_graphs)
-    first = torch.zeros(1, 1, dtype=torch.int64, device=model.device)
-    result = TestResult(f"tg{steps}", steps)
+    first = torch.arange(batch, dtype=torch.int64, device=model.device)[:, None] % model.config.vocab_size  # [B, 1]
+    result = TestResult(test_name("tg", steps, batch), steps * batch)
     for run in range(runs + 1):
         cache.reset()
         runner.tokens.copy_(torch.argmax(model.prefill(first, cache), dim=-1))

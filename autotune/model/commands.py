@@ -113,22 +113,28 @@ def _bench_weights(checkpoint: str | None, random: str | None, layers: int | Non
     return config, weights, f"random gpt-oss-{random} weights (seed {seed}), {config.num_hidden_layers} layers"
 
 
-def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int | None, tests: str, runs: int,
-                    table: str | None, kv_dtype: str | None, no_cuda_graphs: bool, profile: bool, out: str | None,
+def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int | None, tests: str, batch: str,
+                    runs: int, table: str | None, kv_dtype: str | None, no_cuda_graphs: bool, profile: bool, out: str | None,
                     seed: int) -> int:
     """End-to-end tok/s (llama-bench style), TTFT, TPOT and peak memory, with the table and without it."""
     use_interpreter_without_gpu()
     from autotune.model import bench, build_model
 
     try:
-        plan = bench.parse_tests(tests)
+        tests_asked = bench.parse_tests(tests)
     except ValueError as exc:
         raise UserError(f"--tests: {exc}") from None
+    try:
+        batches = bench.parse_batches(batch)
+    except ValueError as exc:
+        raise UserError(f"--batch: {exc}") from None
+    # (kind, count, batch): prompt processing at batch 1, generation at every --batch size
+    plan = [(kind, count, b) for kind, count in tests_asked for b in (batches if kind == "tg" else [1])]
     if runs < 1:
         raise UserError(f"--runs must be >= 1, got {runs}")
     config, weights, described = _bench_weights(checkpoint, random, layers, seed)
     device = weights["embedding.weight"].device
-    longest = max(n for _, n in plan) + 2
+    longest = max(n for _, n, _ in plan) + 2
     copy_gbps = mm_tflops = None
     if device.type == "cuda":
         from autotune.device.peaks import measure_peaks
@@ -142,12 +148,12 @@ def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int |
 
     def run_plan(model, timed_runs: int) -> dict:
         results = {}
-        for kind, count in plan:
+        for kind, count, b in plan:
             if kind == "pp":
-                results[f"pp{count}"] = bench.run_prefill_test(model, count, timed_runs, seed=seed)
+                results[bench.test_name(kind, count)] = bench.run_prefill_test(model, count, timed_runs, seed=seed)
             else:
-                results[f"tg{count}"] = bench.run_decode_test(model, count, timed_runs,
-                                                              cuda_graphs=not no_cuda_graphs)
+                results[bench.test_name(kind, count, b)] = bench.run_decode_test(
+                    model, count, timed_runs, cuda_graphs=not no_cuda_graphs, batch=b)
         return results
 
     # One untimed pass of every test in both settings first: whichever setting ran first would otherwise pay for
@@ -164,8 +170,8 @@ def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int |
     lines = _bench_report(plan, settings, described, device, copy_gbps, mm_tflops)
     if profile:
         model = settings["table"][0]
-        pp = max((n for k, n in plan if k == "pp"), default=512)
-        tg = max((n for k, n in plan if k == "tg"), default=32)
+        pp = max((n for k, n, _ in plan if k == "pp"), default=512)
+        tg = max((n for k, n, _ in plan if k == "tg"), default=32)
         for title, kwargs in ((f"decode step (batch 1, context {tg})", dict(decode=True, tokens=1, context=tg)),
                               (f"prefill of {pp} tokens", dict(decode=False, tokens=pp, context=pp))):
             stages, top = bench.profile_pass(model, **kwargs)
@@ -209,13 +215,13 @@ def _bench_report(plan, settings, described, device, copy_gbps, mm_tflops) -> li
         lines += [f"measured copy {copy_gbps:.0f} GB/s, bf16 matmul {mm_tflops:.0f} TFLOP/s; a batch-1 decode step "
                   f"reads {per_token / 1e9:.3f} GB → bandwidth bound {bound:.0f} tok/s", ""]
     lines += ["| test | with table, tok/s | without table, tok/s | table / no table |", "|---|---|---|---|"]
-    for kind, count in plan:
-        key = f"{kind}{count}"
+    for kind, count, b in plan:
+        key = bench.test_name(kind, count, b)
         with_t, without = settings["table"][1][key], settings["no table"][1][key]
         lines.append(f"| {key} | {bench.fmt_rate(with_t)} | {bench.fmt_rate(without)} | "
                      f"{with_t.mean / without.mean:.2f}× |")
-    pps = [f"pp{n}" for k, n in plan if k == "pp"]
-    tgs = [f"tg{n}" for k, n in plan if k == "tg"]
+    pps = [f"pp{n}" for k, n, _ in plan if k == "pp"]
+    tgs = [f"tg{n}" for k, n, b in plan if k == "tg" and b == 1]
     for label, key, fmt in (("TTFT (ms)", pps[-1] if pps else None, lambda r: 1e3 * sum(r.seconds) / len(r.seconds)),
                             ("TPOT (ms)", tgs[-1] if tgs else None, lambda r: 1e3 / r.mean)):
         if key:

@@ -248,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--out", help="also write the markdown report to this file")
     bm.add_argument("--seed", type=int, default=defaults.SEED, help="random weights and prompts (default: "
                     "%(default)s)")
+    cmp = sub.add_parser("compare", help="compare two tables, or two bench-model reports (markdown; CSV with --csv)")
+    cmp.add_argument("a", metavar="A", help="the old table (JSON) or bench-model report (.md or its .json twin)")
+    cmp.add_argument("b", metavar="B", help="the new one, of the same kind")
+    cmp.add_argument("--csv", metavar="FILE", help="also write every row as CSV to FILE ('-': CSV on stdout instead "
+                     "of the markdown)")
     return parser
 
 
@@ -259,10 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from autotune.compare import cmd_compare
     from autotune.model.commands import cmd_bench_model, cmd_generate
 
     handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "export": cmd_export, "generate": cmd_generate,
-                "bench-model": cmd_bench_model}
+                "bench-model": cmd_bench_model, "compare": cmd_compare}
     try:
         return handlers[command](**args)
     except UserError as exc:

@@ -253,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("b", metavar="B", help="the new one, of the same kind")
     cmp.add_argument("--csv", metavar="FILE", help="also write every row as CSV to FILE ('-': CSV on stdout instead "
                      "of the markdown)")
+    rep = sub.add_parser("report", help="PNG charts of a kernel's tuned shapes: tuned vs default, roofline")
+    rep.add_argument("kernel")
+    storage_arg(rep)
+    rep.add_argument("--table", help="read the entries of this table file instead of the storage")
+    rep.add_argument("--device", help="only this device key")
+    rep.add_argument("--plot", required=True, metavar="DIR", help="folder to write the PNGs to")
     return parser
 
 
@@ -265,10 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from autotune.compare import cmd_compare
+    from autotune.plots import cmd_report
     from autotune.model.commands import cmd_bench_model, cmd_generate
 
     handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "export": cmd_export, "generate": cmd_generate,
-                "bench-model": cmd_bench_model, "compare": cmd_compare}
+                "bench-model": cmd_bench_model, "compare": cmd_compare,
+                "report": cmd_report}
     try:
         return handlers[command](**args)
     except UserError as exc:

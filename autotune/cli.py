@@ -253,6 +253,29 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("b", metavar="B", help="the new one, of the same kind")
     cmp.add_argument("--csv", metavar="FILE", help="also write every row as CSV to FILE ('-': CSV on stdout instead "
                      "of the markdown)")
+    ev = sub.add_parser("eval", help="accuracy of what is served: top-1 agreement and KL vs an fp32 reference, "
+                        "with and without the table (perplexity with --text)")
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="original-layout checkpoint folder")
+    source.add_argument("--random", choices=("20b", "120b"), help="random weights of this size, made on the device")
+    ev.add_argument("--layers", type=int, help="with --random: fewer layers (same widths)")
+    ev.add_argument("--prompts", type=int, default=defaults.EVAL_PROMPTS, help="random prompts (default: %(default)s)")
+    ev.add_argument("--prompt-len", type=int, default=defaults.EVAL_PROMPT_LEN,
+                    help="tokens per prompt (default: %(default)s)")
+    ev.add_argument("--steps", type=int, default=defaults.EVAL_STEPS,
+                    help="teacher-forced decode steps after the prompts (default: %(default)s)")
+    ev.add_argument("--table", help=f"lookup table to read (default: {defaults.TABLE})")
+    ev.add_argument("--kv-dtype", choices=("act", "fp8"), help="KV cache storage of the served passes (default: the "
+                    "table's choice)")
+    ev.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                    help="activations of the served passes (default: bfloat16 on GPUs, float32 on the CPU)")
+    ev.add_argument("--text", metavar="FILE", help="also the perplexity of this UTF-8 text (needs the tokenizer)")
+    ev.add_argument("--text-tokens", type=int, default=defaults.EVAL_TEXT_TOKENS,
+                    help="read at most this many tokens of --text (default: %(default)s)")
+    ev.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps eagerly")
+    ev.add_argument("--out", help="also write the markdown report to this file (and a JSON twin beside it)")
+    ev.add_argument("--seed", type=int, default=defaults.SEED, help="random weights and prompts (default: "
+                    "%(default)s)")
     rep = sub.add_parser("report", help="PNG charts of a kernel's tuned shapes: tuned vs default, roofline")
     rep.add_argument("kernel")
     storage_arg(rep)
@@ -272,11 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from autotune.compare import cmd_compare
     from autotune.plots import cmd_report
+    from autotune.model.accuracy import cmd_eval
     from autotune.model.commands import cmd_bench_model, cmd_generate
 
     handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "export": cmd_export, "generate": cmd_generate,
                 "bench-model": cmd_bench_model, "compare": cmd_compare,
-                "report": cmd_report}
+                "report": cmd_report, "eval": cmd_eval}
     try:
         return handlers[command](**args)
     except UserError as exc:

@@ -90,8 +90,13 @@ def cmd_generate(*, checkpoint: str, prompt: str | None, prompt_ids: str | None,
     return 0
 
 
-def _bench_weights(checkpoint: str | None, random: str | None, layers: int | None, seed: int):
-    """(config, weights, description) for ``bench-model``: a checkpoint, or random weights made on the device."""
+def bench_weights(checkpoint: str | None, random: str | None, layers: int | None, seed: int):
+    """(config, weights, description) for ``bench-model`` and ``eval``: a checkpoint, or random weights made on the
+    device; float tensors in the device's activation dtype (norm scales float32).
+
+    Raises:
+        UserError: ``--layers`` with a checkpoint, or out of range; CheckpointError for a bad checkpoint.
+    """
     from autotune.model import activation_dtype
     from autotune.model.checkpoint import load_checkpoint
     from autotune.model.config import NAMED_CONFIGS
@@ -137,7 +142,7 @@ def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int |
 
     if out and bench_record.json_path(out).resolve() == Path(out).resolve():
         raise UserError(f"--out {out}: name the markdown report (e.g. bench.md); its JSON twin goes beside it")
-    config, weights, described = _bench_weights(checkpoint, random, layers, seed)
+    config, weights, described = bench_weights(checkpoint, random, layers, seed)
     device = weights["embedding.weight"].device
     longest = max(n for _, n, _ in plan) + 2
     copy_gbps = mm_tflops = None

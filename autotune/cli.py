@@ -1,4 +1,4 @@
-"""Command line: ``python -m autotune {run,list,show,export,generate,bench-model}``. One function per subcommand; defaults come from
+"""Command line: ``python -m autotune {run,list,show,export,generate,bench-model,eval,compare,report}``. One function per subcommand; defaults come from
 :mod:`autotune.defaults` only. User errors print one line on stderr and exit with code 2 (no traceback)."""
 
 from __future__ import annotations
@@ -294,9 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from autotune.compare import cmd_compare
-    from autotune.plots import cmd_report
     from autotune.model.accuracy import cmd_eval
     from autotune.model.commands import cmd_bench_model, cmd_generate
+    from autotune.plots import cmd_report
 
     handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "export": cmd_export, "generate": cmd_generate,
                 "bench-model": cmd_bench_model, "compare": cmd_compare,

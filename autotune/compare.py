@@ -36,6 +36,10 @@ _TEST_NAME = re.compile(r"^(pp|tg)\d+( B=\d+)?$")
 _RATE = re.compile(r"^\s*([0-9.]+(?:[eE][+-]?\d+)?)\s*±\s*([0-9.]+(?:[eE][+-]?\d+)?)\s*$")
 _BENCH_HEADER = "| test | with table, tok/s | without table, tok/s |"
 
+MAX_INPUT_BYTES = 256 * 2**20
+"""Largest input read (a table of every kernel, shape and device is well under 1 MiB; a report a few KiB): a bigger
+file is refused instead of being read into memory."""
+
 
 class CompareError(UserError):
     """An input of ``compare`` that cannot be read, is of neither kind, or does not match the other input's kind."""
@@ -60,6 +64,9 @@ class Loaded:
 
 def _read_text(path: Path) -> str:
     try:
+        if path.is_file() and path.stat().st_size > MAX_INPUT_BYTES:
+            raise CompareError(f"{path}: {path.stat().st_size} bytes, larger than any table or report "
+                               f"({MAX_INPUT_BYTES} at most)")
         return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise CompareError(f"{path}: no such file") from None

@@ -169,3 +169,25 @@ def test_kind_mismatch(tables, capsys):
 def test_folder_is_an_error(tables, tmp_path, capsys):
     code, _, err = run_main(capsys, ["compare", str(tmp_path), str(tables[1])])
     assert_user_error(code, err, "is a folder")
+
+
+def test_oversized_input_is_refused(tables, tmp_path, capsys, monkeypatch):
+    import autotune.compare as compare_mod
+
+    monkeypatch.setattr(compare_mod, "MAX_INPUT_BYTES", 100)
+    code, _, err = run_main(capsys, ["compare", str(tables[0]), str(tables[1])])
+    assert_user_error(code, err, "larger than any table or report")
+
+
+def test_bench_model_out_must_name_the_markdown(tmp_path, capsys):
+    code, _, err = run_main(capsys, ["bench-model", "--random", "20b", "--out", str(tmp_path / "bench.json")])
+    assert_user_error(code, err, "--out", "JSON twin")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", ["compare", "report", "eval"])
+def test_help(capsys, command):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m autotune {command}")

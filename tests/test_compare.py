@@ -121,23 +121,27 @@ def test_markdown_report_without_twin_is_parsed(tmp_path, capsys):
 
 
 def test_bench_model_out_writes_a_twin_that_compare_reads(tmp_path, capsys):
+    """One real bench-model run; B is its twin with every rate doubled, so every ratio must read 2."""
     from scripts.write_random_checkpoint import write_random_checkpoint
     from tests.test_model_cli import TINY
 
     checkpoint = tmp_path / "tiny"
     write_random_checkpoint(checkpoint, TINY, seed=5)
-    reports = []
-    for name in ("a", "b"):
-        out = tmp_path / f"{name}.md"
-        assert cli.main(["bench-model", "--checkpoint", str(checkpoint), "--tests", "tg2", "--runs", "1",
-                         "--out", str(out), "--table", str(tmp_path / "none.json")]) == 0
-        twin = json.loads(out.with_suffix(".json").read_text())
-        assert twin["tests"]["tg2"]["table"]["tok_s_mean"] > 0
-        reports.append(out)
+    out = tmp_path / "a.md"
+    assert cli.main(["bench-model", "--checkpoint", str(checkpoint), "--tests", "tg2", "--runs", "1",
+                     "--out", str(out), "--table", str(tmp_path / "none.json")]) == 0
+    twin = json.loads(out.with_suffix(".json").read_text())
+    assert set(twin["tests"]) == {"tg2"} and set(twin["tests"]["tg2"]) == {"table", "no table"}
+    for result in twin["tests"]["tg2"].values():
+        assert result["tok_s_mean"] == pytest.approx(result["tokens"] / result["seconds"][0])
+        result["tok_s_mean"] *= 2
+    doubled = tmp_path / "b.json"
+    doubled.write_text(json.dumps(twin))
     capsys.readouterr()
-    code, out, err = run_main(capsys, ["compare", *map(str, reports)])
+    code, out_text, err = run_main(capsys, ["compare", str(out), str(doubled), "--csv", "-"])
     assert code == 0, err
-    assert "2 shared tests" in out and "| tg2 | table |" in out
+    frame = pd.read_csv(io.StringIO(out_text))
+    assert list(frame.test) == ["tg2", "tg2"] and frame.ratio.tolist() == pytest.approx([2.0, 2.0])
 
 
 @pytest.mark.parametrize("content, needle", [

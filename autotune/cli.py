@@ -1,4 +1,4 @@
-"""Command line: ``python -m autotune {run,list,show,export,generate,bench-model}``. One function per subcommand; defaults come from
+"""Command line: ``python -m autotune {run,list,show,export,generate,bench-model,eval,compare,report}``. One function per subcommand; defaults come from
 :mod:`autotune.defaults` only. User errors print one line on stderr and exit with code 2 (no traceback)."""
 
 from __future__ import annotations
@@ -248,6 +248,40 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--out", help="also write the markdown report to this file")
     bm.add_argument("--seed", type=int, default=defaults.SEED, help="random weights and prompts (default: "
                     "%(default)s)")
+    cmp = sub.add_parser("compare", help="compare two tables, or two bench-model reports (markdown; CSV with --csv)")
+    cmp.add_argument("a", metavar="A", help="the old table (JSON) or bench-model report (.md or its .json twin)")
+    cmp.add_argument("b", metavar="B", help="the new one, of the same kind")
+    cmp.add_argument("--csv", metavar="FILE", help="also write every row as CSV to FILE ('-': CSV on stdout instead "
+                     "of the markdown)")
+    ev = sub.add_parser("eval", help="accuracy of what is served: top-1 agreement and KL vs an fp32 reference, "
+                        "with and without the table (perplexity with --text)")
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="original-layout checkpoint folder")
+    source.add_argument("--random", choices=("20b", "120b"), help="random weights of this size, made on the device")
+    ev.add_argument("--layers", type=int, help="with --random: fewer layers (same widths)")
+    ev.add_argument("--prompts", type=int, default=defaults.EVAL_PROMPTS, help="random prompts (default: %(default)s)")
+    ev.add_argument("--prompt-len", type=int, default=defaults.EVAL_PROMPT_LEN,
+                    help="tokens per prompt (default: %(default)s)")
+    ev.add_argument("--steps", type=int, default=defaults.EVAL_STEPS,
+                    help="teacher-forced decode steps after the prompts (default: %(default)s)")
+    ev.add_argument("--table", help=f"lookup table to read (default: {defaults.TABLE})")
+    ev.add_argument("--kv-dtype", choices=("act", "fp8"), help="KV cache storage of the served passes (default: the "
+                    "table's choice)")
+    ev.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                    help="activations of the served passes (default: bfloat16 on GPUs, float32 on the CPU)")
+    ev.add_argument("--text", metavar="FILE", help="also the perplexity of this UTF-8 text (needs the tokenizer)")
+    ev.add_argument("--text-tokens", type=int, default=defaults.EVAL_TEXT_TOKENS,
+                    help="read at most this many tokens of --text (default: %(default)s)")
+    ev.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps eagerly")
+    ev.add_argument("--out", help="also write the markdown report to this file (and a JSON twin beside it)")
+    ev.add_argument("--seed", type=int, default=defaults.SEED, help="random weights and prompts (default: "
+                    "%(default)s)")
+    rep = sub.add_parser("report", help="PNG charts of a kernel's tuned shapes: tuned vs default, roofline")
+    rep.add_argument("kernel")
+    storage_arg(rep)
+    rep.add_argument("--table", help="read the entries of this table file instead of the storage")
+    rep.add_argument("--device", help="only this device key")
+    rep.add_argument("--plot", required=True, metavar="DIR", help="folder to write the PNGs to")
     return parser
 
 
@@ -259,10 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from autotune.compare import cmd_compare
+    from autotune.model.accuracy import cmd_eval
     from autotune.model.commands import cmd_bench_model, cmd_generate
+    from autotune.plots import cmd_report
 
     handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "export": cmd_export, "generate": cmd_generate,
-                "bench-model": cmd_bench_model}
+                "bench-model": cmd_bench_model, "compare": cmd_compare,
+                "report": cmd_report, "eval": cmd_eval}
     try:
         return handlers[command](**args)
     except UserError as exc:

@@ -59,3 +59,10 @@ BENCH_TESTS = "pp512,pp2048,tg32,tg128"
 BENCH_RUNS = 5
 BENCH_BATCH = "1"
 """``bench-model``: llama-bench tests, timed runs per test (mean ± std over the runs), decode batch sizes."""
+
+EVAL_PROMPTS = 4
+EVAL_PROMPT_LEN = 64
+EVAL_STEPS = 16
+EVAL_TEXT_TOKENS = 1024
+"""``eval``: random prompts × tokens each (every position compared), teacher-forced decode steps after them, and
+the most tokens of ``--text`` read for perplexity."""

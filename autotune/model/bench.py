@@ -330,3 +330,4 @@ def peak_memory_gib(device: torch.device) -> float | None:
 def fmt_rate(result: TestResult) -> str:
     """``"123.45 ± 0.67"``."""
     return f"{result.mean:.2f} ± {result.std:.2f}"
+

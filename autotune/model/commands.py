@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -89,8 +90,13 @@ def cmd_generate(*, checkpoint: str, prompt: str | None, prompt_ids: str | None,
     return 0
 
 
-def _bench_weights(checkpoint: str | None, random: str | None, layers: int | None, seed: int):
-    """(config, weights, description) for ``bench-model``: a checkpoint, or random weights made on the device."""
+def bench_weights(checkpoint: str | None, random: str | None, layers: int | None, seed: int):
+    """(config, weights, description) for ``bench-model`` and ``eval``: a checkpoint, or random weights made on the
+    device; float tensors in the device's activation dtype (norm scales float32).
+
+    Raises:
+        UserError: ``--layers`` with a checkpoint, or out of range; CheckpointError for a bad checkpoint.
+    """
     from autotune.model import activation_dtype
     from autotune.model.checkpoint import load_checkpoint
     from autotune.model.config import NAMED_CONFIGS
@@ -132,7 +138,11 @@ def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int |
     plan = [(kind, count, b) for kind, count in tests_asked for b in (batches if kind == "tg" else [1])]
     if runs < 1:
         raise UserError(f"--runs must be >= 1, got {runs}")
-    config, weights, described = _bench_weights(checkpoint, random, layers, seed)
+    from autotune.model import bench_record
+
+    if out and bench_record.json_path(out).resolve() == Path(out).resolve():
+        raise UserError(f"--out {out}: name the markdown report (e.g. bench.md); its JSON twin goes beside it")
+    config, weights, described = bench_weights(checkpoint, random, layers, seed)
     device = weights["embedding.weight"].device
     longest = max(n for _, n, _ in plan) + 2
     copy_gbps = mm_tflops = None
@@ -186,10 +196,21 @@ def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int |
     text = "\n".join(lines)
     print(text)
     if out:
-        from pathlib import Path
+        from autotune import atomic
+        from autotune.model import bench_record
 
-        Path(out).write_text(text + "\n")
+        model = settings["table"][0]
+        record = bench_record.report_record(
+            {label: results for label, (_, results, _) in settings.items()}, described=described,
+            device_name=_device_name(device), act_dtype=str(model.act_dtype).removeprefix("torch."),
+            kv_dtype=model.kv_dtype)
+        atomic.write_text(out, text + "\n")
+        atomic.write_text(bench_record.json_path(out), json.dumps(record, indent=1) + "\n")
     return 0
+
+
+def _device_name(device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter)"
 
 
 def _bench_report(plan, settings, described, device, copy_gbps, mm_tflops) -> list[str]:
@@ -203,7 +224,7 @@ def _bench_report(plan, settings, described, device, copy_gbps, mm_tflops) -> li
     from autotune.model import bench
 
     model = settings["table"][0]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter)"
+    name = _device_name(device)
     driver = nvml_readings.driver_version() if device.type == "cuda" else "-"
     lines = [f"### bench-model: {described}", "",
              f"{datetime.date.today().isoformat()}; {name}; driver {driver}; torch {torch.__version__}; "

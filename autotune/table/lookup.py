@@ -248,7 +248,8 @@ class RuntimeTable:
             elif not self._has_section:
                 why = f"{self._where} has no section for device {self.device_key!r}"
             elif unusable := [k for k in self.skipped if k.startswith(f"{kernel}/{variant}/")]:
-                why = f"{self._where}'s {len(unusable)} entries for it cannot be served here ({self.skipped[unusable[0]]})"
+                why = (f"{self._where}'s {len(unusable)} entries for it cannot be served here "
+                       f"({self.skipped[unusable[0]]})")
             else:
                 why = f"{self._where} has no entry for it on device {self.device_key!r}"
             warnings.warn(

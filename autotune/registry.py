@@ -6,8 +6,8 @@ A kernel module provides the uniform interface the tuner drives (see ``kernels/m
 ``default_config(variant, shape, device) -> dict`` (the family's default heuristic),
 optionally ``config_problem(variant, config, dtype) -> reason or None`` (a config object the kernel cannot launch on
 activations of that dtype; absent: any dtype works), ``make_inputs``, ``make_empty_inputs``,
-``make_timing_inputs``, ``launches``, ``reference``, ``cost(variant, inputs, config)``, ``tolerance(variant, dtype, config)`` (both take the config: an fp8 KV cache moves fewer bytes and has its
-own limits). A search space module
+``make_timing_inputs``, ``launches``, ``reference``, ``cost(variant, inputs, config)``, ``tolerance(variant, dtype,
+config)`` (both take the config: an fp8 KV cache moves fewer bytes and has its own limits). A search space module
 provides ``space(variant, shape, device) -> SearchSpace``. Extra kernels (tests register a synthetic one that injects
 faults) are added with :func:`register` from modules named in the ``AUTOTUNE_PLUGINS`` environment variable
 (comma-separated), which worker processes import too.

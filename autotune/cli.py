@@ -1,4 +1,4 @@
-"""Command line: ``python -m autotune {run,list,show,export,generate,bench-model}``. One function per subcommand; defaults come from
+"""Command line: ``python -m autotune {run,list,show,export,retune,generate,bench-model}``. One function per subcommand; defaults come from
 :mod:`autotune.defaults` only. User errors print one line on stderr and exit with code 2 (no traceback)."""
 
 from __future__ import annotations
@@ -214,6 +214,24 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--table", default=str(defaults.TABLE), help="table file (default: %(default)s)")
     exp.add_argument("--device", help="only this device key")
 
+    rt = sub.add_parser("retune", help="re-tune the table entries of this device tuned under other software")
+    rt.add_argument("kernel", nargs="*", help="only these kernels (default: all)")
+    rt.add_argument("--dry-run", action="store_true", help="list the stale entries and why; tune nothing")
+    rt.add_argument("--table", default=str(defaults.TABLE), help="table to check and update (default: %(default)s)")
+    storage_arg(rt)
+    rt.add_argument("--trials", type=int, help="measured trials per study (default: the preset's)")
+    rt.add_argument("--timeout", type=float, help="seconds per study for new trials (default: the preset's)")
+    rt.add_argument("--sampler", default=defaults.SAMPLER, choices=SAMPLERS, help="Optuna sampler (default: tpe)")
+    rt.add_argument("--seed", type=int, default=defaults.SEED, help="sampler seed (default: %(default)s)")
+    rt.add_argument("--gpus", help="comma-separated CUDA device indices, one worker each (default: all)")
+    rt.add_argument("--trial-timeout", type=float, default=defaults.TRIAL_TIMEOUT_S,
+                    help="seconds for one compile + check + time (default: %(default)s)")
+    rt.add_argument("--finalists", type=int, default=defaults.FINALISTS,
+                    help="best configs re-timed with the default and the old winner (default: %(default)s)")
+    rt.add_argument("--compile-workers", type=int, help="compile-ahead processes (default: as for run)")
+    rt.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                    help="activation dtype of entries that do not record theirs (default: as for run)")
+
     gen = sub.add_parser("generate", help="generate tokens from a gpt-oss checkpoint with the tuned kernels")
     gen.add_argument("--checkpoint", required=True, help="original-layout checkpoint folder (config.json + "
                      "*.safetensors, or a folder with original/)")
@@ -260,9 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from autotune.model.commands import cmd_bench_model, cmd_generate
+    from autotune.tuning.retune import cmd_retune
 
     handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "export": cmd_export, "generate": cmd_generate,
-                "bench-model": cmd_bench_model}
+                "bench-model": cmd_bench_model, "retune": cmd_retune}
     try:
         return handlers[command](**args)
     except UserError as exc:

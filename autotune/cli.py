@@ -1,5 +1,6 @@
-"""Command line: ``python -m autotune {run,list,show,export,retune,generate,bench-model}``. One function per subcommand; defaults come from
-:mod:`autotune.defaults` only. User errors print one line on stderr and exit with code 2 (no traceback)."""
+"""Command line: ``python -m autotune {run,list,show,export,retune,generate,bench-model}``. One function per
+subcommand; defaults come from :mod:`autotune.defaults` only. User errors print one line on stderr and exit with code 2
+(no traceback)."""
 
 from __future__ import annotations
 

@@ -65,8 +65,9 @@ def study_note(study, entry: TableEntry) -> str:
                         "here: not measured (pruned, failed or not re-timed; see its trial)"))
     fp: dict[str, Any] = entry.fingerprint
     lines += [f"- config: `{json.dumps(entry.config, sort_keys=True)}`",
-              f"- under: triton {fp.get('triton', '?')}, torch {fp.get('torch', '?')}, driver {fp.get('driver', '?')}, "
-              f"CUDA {fp.get('cuda', '?')}, kernel source {fp.get('kernel_source', '?')}"]
+              (f"- under: triton {fp.get('triton', '?')}, torch {fp.get('torch', '?')}, "
+               f"driver {fp.get('driver', '?')}, CUDA {fp.get('cuda', '?')}, "
+               f"kernel source {fp.get('kernel_source', '?')}")]
     return "\n".join(lines) + "\n"
 
 

@@ -24,8 +24,7 @@ from typing import Any
 from autotune import registry
 from autotune.device import fingerprint as fingerprint_mod
 from autotune.errors import ConfigError, UserError
-from autotune.table import ConfigTable, TableEntry, update_table
-from autotune.table import freshness
+from autotune.table import ConfigTable, TableEntry, freshness, update_table
 from autotune.tuning import study as study_mod
 from autotune.tuning.run import RunRequest, _tune_one
 from autotune.tuning.tuner import TuneSettings
@@ -213,8 +212,8 @@ def retune(request: RunRequest, kernels: Sequence[str],
                                                "table_median_us": entry.median_us, "study": entry.study,
                                                "fingerprint": dict(entry.fingerprint),
                                                "stale_fields": list(item.stale.changed)})
-            report, new = _tune_one(item.key, space, [], pool, device, fingerprint, storage,
-                                    replace(request, kernel=entry.kernel, settings=settings), warm=item.warm)
+            _, new = _tune_one(item.key, space, [], pool, device, fingerprint, storage,
+                               replace(request, kernel=entry.kernel, settings=settings), warm=item.warm)
             old_us = study_mod.measured_us(study, entry.config) if item.warm and item.warm[0].retime else None
             merged = ""
             if new is not None:

@@ -122,18 +122,26 @@ def cmd_list(*, storage: str) -> int:
     return 0
 
 
-def cmd_show(*, kernel: str, storage: str, device: str | None) -> int:
-    """Print the best config per shape with its speedup over the default and its fraction of the device peak."""
+def cmd_show(*, kernel: str, storage: str, device: str | None, table: str | None) -> int:
+    """Print the best config per shape (of the storage's studies, or of ``--table``) with its speedup over the
+    default, its fraction of the device peak and whether it is fresh under the current software."""
     import pandas as pd
 
+    from autotune import device as device_mod
     from autotune import registry
+    from autotune.table import ConfigTable
     from autotune.tuning import report
     from autotune.tuning.storage import open_storage
 
     registry.get(kernel)
-    frame = report.show_frame(open_storage(storage), kernel, device)
+    here = report.freshness_column(device_mod.INTERPRETER if _gpu_count() == 0 else device_mod.detect(0))
+    if table is not None:
+        frame = report.table_frame(ConfigTable.load(table, missing_ok=False), kernel, device, here)
+    else:
+        frame = report.show_frame(open_storage(storage), kernel, device, here)
     if frame.empty:
-        print(f"no tuned studies of {kernel} in {storage}" + (f" for device {device}" if device else ""))
+        where = f"entries of {kernel} in table {table}" if table is not None else f"studies of {kernel} in {storage}"
+        print(f"no tuned {where}" + (f" for device {device}" if device else ""))
         return 0
     with pd.option_context("display.width", 250, "display.max_colwidth", 200, "display.max_rows", 500):
         print(frame.to_string(index=False))
@@ -208,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("kernel")
     storage_arg(show)
     show.add_argument("--device", help="only this device key")
+    show.add_argument("--table", help="show this table file's entries instead of the storage's studies")
 
     exp = sub.add_parser("export", help="merge the best configs into the lookup table")
     exp.add_argument("kernel", nargs="?", help="only this kernel")

@@ -282,3 +282,19 @@ def test_dashboard_serves_metric_name_attributes_and_note(main_job):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def test_bench_model_counts_stale_configs(main_job, tiny, tmp_path):
+    """bench-model says how many of the configs it served came from stale entries: the aged table's mlp1 M=1 entry
+    (older Triton) is what a batch-1 decode step's mlp1 is served from."""
+    import re
+
+    aged = _aged_table(main_job, "aged_bench.json")
+    report = tmp_path / "bench.md"
+    assert cli.main(["bench-model", "--checkpoint", str(tiny), "--tests", "tg2", "--runs", "1", "--table", str(aged),
+                     "--out", str(report)]) == 0
+    match = re.search(r"stale table configs served \(tuned under other software\): (\d+) of (\d+)(.*)",
+                      report.read_text())
+    assert match, report.read_text()
+    stale, served = int(match[1]), int(match[2])
+    assert 1 <= stale <= served and "python -m autotune retune" in match[3]

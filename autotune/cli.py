@@ -1,5 +1,6 @@
-"""Command line: ``python -m autotune {run,list,show,export,generate,bench-model,eval,compare,report}``. One function per subcommand; defaults come from
-:mod:`autotune.defaults` only. User errors print one line on stderr and exit with code 2 (no traceback)."""
+"""Command line: ``python -m autotune {run,list,show,export,retune,report,compare,generate,bench-model,eval}``.
+One function per subcommand; defaults come from :mod:`autotune.defaults` only. User errors print one line on stderr and
+exit with code 2 (no traceback)."""
 
 from __future__ import annotations
 
@@ -121,18 +122,26 @@ def cmd_list(*, storage: str) -> int:
     return 0
 
 
-def cmd_show(*, kernel: str, storage: str, device: str | None) -> int:
-    """Print the best config per shape with its speedup over the default and its fraction of the device peak."""
+def cmd_show(*, kernel: str, storage: str, device: str | None, table: str | None) -> int:
+    """Print the best config per shape (of the storage's studies, or of ``--table``) with its speedup over the
+    default, its fraction of the device peak and whether it is fresh under the current software."""
     import pandas as pd
 
+    from autotune import device as device_mod
     from autotune import registry
+    from autotune.table import ConfigTable
     from autotune.tuning import report
     from autotune.tuning.storage import open_storage
 
     registry.get(kernel)
-    frame = report.show_frame(open_storage(storage), kernel, device)
+    here = report.freshness_column(device_mod.INTERPRETER if _gpu_count() == 0 else device_mod.detect(0))
+    if table is not None:
+        frame = report.table_frame(ConfigTable.load(table, missing_ok=False), kernel, device, here)
+    else:
+        frame = report.show_frame(open_storage(storage), kernel, device, here)
     if frame.empty:
-        print(f"no tuned studies of {kernel} in {storage}" + (f" for device {device}" if device else ""))
+        where = f"entries of {kernel} in table {table}" if table is not None else f"studies of {kernel} in {storage}"
+        print(f"no tuned {where}" + (f" for device {device}" if device else ""))
         return 0
     with pd.option_context("display.width", 250, "display.max_colwidth", 200, "display.max_rows", 500):
         print(frame.to_string(index=False))
@@ -207,12 +216,31 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("kernel")
     storage_arg(show)
     show.add_argument("--device", help="only this device key")
+    show.add_argument("--table", help="show this table file's entries instead of the storage's studies")
 
     exp = sub.add_parser("export", help="merge the best configs into the lookup table")
     exp.add_argument("kernel", nargs="?", help="only this kernel")
     storage_arg(exp)
     exp.add_argument("--table", default=str(defaults.TABLE), help="table file (default: %(default)s)")
     exp.add_argument("--device", help="only this device key")
+
+    rt = sub.add_parser("retune", help="re-tune the table entries of this device tuned under other software")
+    rt.add_argument("kernel", nargs="*", help="only these kernels (default: all)")
+    rt.add_argument("--dry-run", action="store_true", help="list the stale entries and why; tune nothing")
+    rt.add_argument("--table", default=str(defaults.TABLE), help="table to check and update (default: %(default)s)")
+    storage_arg(rt)
+    rt.add_argument("--trials", type=int, help="measured trials per study (default: the preset's)")
+    rt.add_argument("--timeout", type=float, help="seconds per study for new trials (default: the preset's)")
+    rt.add_argument("--sampler", default=defaults.SAMPLER, choices=SAMPLERS, help="Optuna sampler (default: tpe)")
+    rt.add_argument("--seed", type=int, default=defaults.SEED, help="sampler seed (default: %(default)s)")
+    rt.add_argument("--gpus", help="comma-separated CUDA device indices, one worker each (default: all)")
+    rt.add_argument("--trial-timeout", type=float, default=defaults.TRIAL_TIMEOUT_S,
+                    help="seconds for one compile + check + time (default: %(default)s)")
+    rt.add_argument("--finalists", type=int, default=defaults.FINALISTS,
+                    help="best configs re-timed with the default and the old winner (default: %(default)s)")
+    rt.add_argument("--compile-workers", type=int, help="compile-ahead processes (default: as for run)")
+    rt.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                    help="activation dtype of entries that do not record theirs (default: as for run)")
 
     gen = sub.add_parser("generate", help="generate tokens from a gpt-oss checkpoint with the tuned kernels")
     gen.add_argument("--checkpoint", required=True, help="original-layout checkpoint folder (config.json + "
@@ -297,10 +325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from autotune.model.accuracy import cmd_eval
     from autotune.model.commands import cmd_bench_model, cmd_generate
     from autotune.plots import cmd_report
+    from autotune.tuning.retune import cmd_retune
 
-    handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "export": cmd_export, "generate": cmd_generate,
-                "bench-model": cmd_bench_model, "compare": cmd_compare,
-                "report": cmd_report, "eval": cmd_eval}
+    handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "export": cmd_export, "retune": cmd_retune,
+                "report": cmd_report, "compare": cmd_compare, "generate": cmd_generate, "bench-model": cmd_bench_model,
+                "eval": cmd_eval}
     try:
         return handlers[command](**args)
     except UserError as exc:

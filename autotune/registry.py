@@ -4,9 +4,10 @@
 A kernel module provides the uniform interface the tuner drives (see ``kernels/moe_gemm/__init__.py``):
 ``VARIANTS``, ``BUCKET_DIM``, ``SOURCE_FILES``, ``shape_from_dims``, ``model_shapes``, ``config_from_dict``,
 ``default_config(variant, shape, device) -> dict`` (the family's default heuristic),
-``make_inputs``, ``make_empty_inputs``, ``make_timing_inputs``, ``launches``, ``reference``, ``cost(variant, inputs,
-config)``, ``tolerance(variant, dtype, config)`` (both take the config: an fp8 KV cache moves fewer bytes and has its
-own limits). A search space module
+optionally ``config_problem(variant, config, dtype) -> reason or None`` (a config object the kernel cannot launch on
+activations of that dtype; absent: any dtype works), ``make_inputs``, ``make_empty_inputs``,
+``make_timing_inputs``, ``launches``, ``reference``, ``cost(variant, inputs, config)``, ``tolerance(variant, dtype,
+config)`` (both take the config: an fp8 KV cache moves fewer bytes and has its own limits). A search space module
 provides ``space(variant, shape, device) -> SearchSpace``. Extra kernels (tests register a synthetic one that injects
 faults) are added with :func:`register` from modules named in the ``AUTOTUNE_PLUGINS`` environment variable
 (comma-separated), which worker processes import too.
@@ -60,6 +61,18 @@ class KernelSpec:
         """The kernel family's own default heuristic (what a runtime launches without a table entry, and trial 0 of
         a study): ``kernel.default_config``, beside the launcher; no search space is built."""
         return dict(self.kernel.default_config(variant, shape, device))
+
+    def constraint_problem(self, variant: str, config: Mapping[str, Any], shape: Mapping[str, int],
+                           device) -> str | None:
+        """The first reason of the search space's constraints against ``config`` at ``shape`` on ``device`` (device
+        limits such as shared memory, compute capability for fp8 or the inline-PTX decode), or None."""
+        return self.space(variant, shape, device).check(config, shape, device)
+
+    def dtype_problem(self, variant: str, config: Any, dtype) -> str | None:
+        """Why the kernel cannot launch the config object ``config`` on activations of the torch ``dtype``, or None
+        (the kernel module's optional ``config_problem``)."""
+        check = getattr(self.kernel, "config_problem", None)
+        return check(variant, config, dtype) if check is not None else None
 
     def check_variant(self, variant: str) -> None:
         """Raise :class:`UnknownKernelError` for a variant this kernel does not have."""

@@ -7,6 +7,8 @@ known failure of other tuners (sglang#5716; vLLM records triton_version and neve
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 from typing import Any
 
@@ -37,6 +39,14 @@ def fingerprint(device: DeviceProfile, kernel_source_hash: str) -> dict[str, Any
         "python": platform.python_version(),
         "kernel_source": kernel_source_hash,
     }
+
+
+def fingerprint_id(fp: dict[str, Any]) -> str:
+    """A short stable id of a fingerprint's :data:`STALE_FIELDS` (8 hex digits of their SHA-256): two fingerprints
+    get the same id exactly when neither is stale under the other. Re-tunes put it in their study names so that a
+    study tuned under older software is never resumed."""
+    text = json.dumps({key: fp.get(key) for key in STALE_FIELDS}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def stale_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -255,7 +255,10 @@ def _bench_report(plan, settings, described, device, copy_gbps, mm_tflops) -> li
         fractions = [settings[s][1][tgs[-1]].mean / bound for s in ("table", "no table")]
         lines.append(f"| {tgs[-1]} ÷ bandwidth bound | {fractions[0]:.2f} | {fractions[1]:.2f} | |")
     sources = {s: settings[s][0].configs.summary() for s in ("table", "no table")}
+    stale, served = settings["table"][0].configs.stale_count()
     lines += ["", f"configs served (distinct shapes): with table {sources['table']}, without {sources['no table']}",
+              "", f"stale table configs served (tuned under other software): {stale} of {served}"
+              + (" (re-tune: `python -m autotune retune`)" if stale else ""),
               "", f"table lookups per decode step (host, memoized): {_lookup_cost_us(model):.1f} µs", ""]
     return lines
 

@@ -55,6 +55,7 @@ class KernelConfigs:
         kv_dtype: the KV cache's storage, "act" or "fp8"; ``None`` takes the table's choice (see the module
             docstring) for contexts up to ``max_context``.
         max_context: the longest context served (the RoPE table length), for the table's KV choice.
+        act_dtype: the activation dtype (torch), so that entries the kernels cannot launch on it are not served.
 
     Raises:
         TableError: the table cannot be loaded (corrupt, foreign, newer schema; the message names the file).
@@ -62,12 +63,12 @@ class KernelConfigs:
     """
 
     def __init__(self, model: ModelConfig, device, *, table_path: str | Path | None = None, use_table: bool = True,
-                 kv_dtype: str | None = None, max_context: int = 4096) -> None:
+                 kv_dtype: str | None = None, max_context: int = 4096, act_dtype=None) -> None:
         from autotune.table.lookup import open_table
 
         self.model = model
         self.device = device
-        self.lookup = open_table(table_path, device, use_table=use_table)
+        self.lookup = open_table(table_path, device, use_table=use_table, act_dtype=act_dtype)
         self._steps: dict[tuple, StepConfigs] = {}
         if kv_dtype is None:
             kv_dtype = self._attention("decode", 1, max(1, max_context), 0, None).kv_dtype
@@ -115,3 +116,8 @@ class KernelConfigs:
     def summary(self) -> dict[str, int]:
         """How many distinct shapes were served from each source: ``{"exact": n, "nearest": n, "default": n}``."""
         return dict(Counter(result.source for *_, result in self.lookup.served()))
+
+    def stale_count(self) -> tuple[int, int]:
+        """(served from a stale table entry, served in all): distinct shapes, see :mod:`autotune.table.freshness`."""
+        served = self.lookup.served()
+        return sum(1 for *_, result in served if self.lookup.stale(result.entry)), len(served)

@@ -41,7 +41,7 @@ def build_model(config: ModelConfig, weights: dict[str, torch.Tensor], *, table:
     profile = device_mod.current(embedding.device.index or 0) if embedding.device.type == "cuda" \
         else device_mod.INTERPRETER
     configs = KernelConfigs(config, profile, table_path=table, use_table=use_table, kv_dtype=kv_dtype,
-                            max_context=max_positions)
+                            max_context=max_positions, act_dtype=embedding.dtype)
     return GptOss(config, weights, configs=configs, act_dtype=embedding.dtype, max_positions=max_positions)
 
 

@@ -149,6 +149,8 @@ class RuntimeTable:
         *,
         missing_ok: bool = True,
         make_config: MakeConfig = _read_only,
+        entry_problem: EntryCheck | None = None,
+        stale_fields: StaleCheck | None = None,
     ) -> RuntimeTable:
         """Load a table file once and serve one device's section of it.
 
@@ -159,6 +161,8 @@ class RuntimeTable:
             bucket_dims: Kernel name to its bucketed shape dimension.
             missing_ok: When the file does not exist, serve defaults (``True``) or raise (``False``).
             make_config: see :meth:`__init__`.
+            entry_problem: see :meth:`__init__`.
+            stale_fields: see :meth:`__init__`.
 
         Returns:
             The runtime table.
@@ -167,7 +171,7 @@ class RuntimeTable:
             TableError: The file cannot be loaded (see :meth:`ConfigTable.load`).
         """
         return cls(ConfigTable.load(path, missing_ok=missing_ok), device_key, default_config, bucket_dims,
-                   make_config=make_config)
+                   make_config=make_config, entry_problem=entry_problem, stale_fields=stale_fields)
 
     def lookup(self, kernel: str, variant: str, shape: Mapping[str, int]) -> LookupResult:
         """Return the config to launch ``kernel``/``variant`` with on ``shape``.
@@ -243,6 +247,9 @@ class RuntimeTable:
                 why = "no table"
             elif not self._has_section:
                 why = f"{self._where} has no section for device {self.device_key!r}"
+            elif unusable := [k for k in self.skipped if k.startswith(f"{kernel}/{variant}/")]:
+                why = (f"{self._where}'s {len(unusable)} entries for it cannot be served here "
+                       f"({self.skipped[unusable[0]]})")
             else:
                 why = f"{self._where} has no entry for it on device {self.device_key!r}"
             warnings.warn(
@@ -255,17 +262,20 @@ class RuntimeTable:
 
 
 def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool = True,
-               use_table: bool = True) -> RuntimeTable:
+               use_table: bool = True, act_dtype=None) -> RuntimeTable:
     """Load a table for a device, serving the registered kernels' config objects.
 
     Defaults on a miss come from each kernel family's own heuristic (``kernels.<family>.default_config``); no search
-    space is built.
+    space is built. Each entry is checked before it is served: one that does not fit this device or ``act_dtype``
+    (:func:`autotune.table.fitness.entry_problem`) is skipped with one warning; one tuned under other software
+    (:mod:`autotune.table.freshness`) is served with one warning per kernel naming the fields and ``retune``.
 
     Args:
         path: the table file (default: :data:`autotune.defaults.TABLE`).
         device: a :class:`autotune.device.DeviceProfile`; default: the current CUDA device, or the interpreter.
         missing_ok: serve defaults when the file does not exist (else TableError).
         use_table: False reads no file and serves every kernel's default config without warnings (``--no-table``).
+        act_dtype: the torch dtype of the caller's activations, for the fitness check (None: not checked).
 
     Returns:
         A :class:`RuntimeTable` whose answers' ``config`` is the kernel's config object.
@@ -275,6 +285,7 @@ def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool 
     """
     from autotune import defaults, registry
     from autotune import device as device_mod
+    from autotune.table import fitness, freshness
 
     profile = device if device is not None else device_mod.current()
 
@@ -288,5 +299,8 @@ def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool 
     if not use_table:
         return RuntimeTable(None, profile.key, default_config, bucket_dims, make_config=make_config,
                             warn_defaults=False)
+    fingerprints = freshness.CurrentFingerprints(profile)
     return RuntimeTable.open(Path(path) if path is not None else defaults.TABLE, profile.key, default_config,
-                             bucket_dims, missing_ok=missing_ok, make_config=make_config)
+                             bucket_dims, missing_ok=missing_ok, make_config=make_config,
+                             entry_problem=lambda entry: fitness.entry_problem(entry, profile, act_dtype),
+                             stale_fields=lambda entry: freshness.changed_fields(entry, fingerprints))

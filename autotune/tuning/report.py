@@ -50,24 +50,57 @@ def studies_frame(storage) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def show_frame(storage, kernel: str, device_key: str | None) -> pd.DataFrame:
-    """Best config per shape of one kernel: median µs, default µs, speedup, fraction of peak, config."""
-    rows = []
-    for key, entry, _ in (tuned for per_device in latest_entries(storage, kernel=kernel, device_key=device_key).values()
-                          for tuned in per_device):
-        rows.append({
-            "device": key.device_key, "variant": key.variant, **key.shape_dict,
-            "best_us": round(entry.median_us, 2),
-            "default_us": round(entry.default_median_us, 2) if entry.default_median_us else None,
-            "speedup": round(entry.speedup, 3) if entry.speedup else None,
-            "TFLOP/s": _round(entry.metrics.get("tflops")), "GB/s": _round(entry.metrics.get("gbps")),
-            "peak_frac": _round(entry.metrics.get("peak_fraction"), 3),
-            "config": json.dumps(entry.config, sort_keys=True),
-        })
+def _entry_row(device_key: str, entry, freshness_of=None) -> dict:
+    row = {
+        "device": device_key, "variant": entry.variant, **entry.shape,
+        "best_us": round(entry.median_us, 2),
+        "default_us": round(entry.default_median_us, 2) if entry.default_median_us else None,
+        "speedup": round(entry.speedup, 3) if entry.speedup else None,
+        "TFLOP/s": _round(entry.metrics.get("tflops")), "GB/s": _round(entry.metrics.get("gbps")),
+        "peak_frac": _round(entry.metrics.get("peak_fraction"), 3),
+    }
+    if freshness_of is not None:
+        row["fresh"] = freshness_of(device_key, entry)
+    row["config"] = json.dumps(entry.config, sort_keys=True)
+    return row
+
+
+def _sorted(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame = frame.sort_values([c for c in ("device", "variant", "M") if c in frame.columns]).reset_index(drop=True)
     return frame
+
+
+def show_frame(storage, kernel: str, device_key: str | None, freshness_of=None) -> pd.DataFrame:
+    """Best config per shape of one kernel: median µs, default µs, speedup, fraction of peak, config; with
+    ``freshness_of(device_key, entry) -> str`` a ``fresh`` column (see :func:`freshness_column`)."""
+    return _sorted([_entry_row(key.device_key, entry, freshness_of)
+                    for per_device in latest_entries(storage, kernel=kernel, device_key=device_key).values()
+                    for key, entry, _ in per_device])
+
+
+def table_frame(table, kernel: str, device_key: str | None, freshness_of=None) -> pd.DataFrame:
+    """The same columns as :func:`show_frame`, from the entries of a :class:`autotune.table.ConfigTable` file."""
+    return _sorted([_entry_row(dev, entry, freshness_of) for dev in table.device_keys()
+                    if device_key is None or dev == device_key
+                    for entry in table.entries(dev) if entry.kernel == kernel])
+
+
+def freshness_column(device):
+    """``(device_key, entry) -> "fresh" | "stale: triton 3.8.0 → 3.9.0, ..."`` against the current software on
+    ``device`` (:mod:`autotune.table.freshness`); entries of other devices read "other device" (their driver and GPU
+    cannot be compared from here)."""
+    from autotune.table import freshness
+
+    fingerprints = freshness.CurrentFingerprints(device)
+
+    def of(device_key: str, entry) -> str:
+        if device_key != device.key:
+            return "other device"
+        return freshness.check(entry, fingerprints).describe()
+
+    return of
 
 
 def _round(value, digits: int = 1):

@@ -19,7 +19,9 @@ from typing import Any
 from autotune.device import fingerprint as fingerprint_mod
 from autotune.tuning import presets
 from autotune import registry
+from autotune.tuning import notes
 from autotune.tuning import study as study_mod
+from autotune.tuning.space import config_hash
 from autotune.errors import ConfigError
 from autotune.table.export import best_entry
 from autotune.tuning.pool import WorkerPool
@@ -95,8 +97,8 @@ def run(request: RunRequest) -> list[StudyReport]:
     return reports
 
 
-def _tune_one(key, space, user_configs, pool, device, fingerprint, storage,
-              request: RunRequest) -> tuple[StudyReport, TableEntry | None]:
+def _tune_one(key, space, user_configs, pool, device, fingerprint, storage, request: RunRequest,
+              warm: Sequence[study_mod.WarmStart] = ()) -> tuple[StudyReport, TableEntry | None]:
     settings = request.settings
     sampler = make_sampler(request.sampler, study_seed(settings.seed, key.name), settings.n_trials)
     study = study_mod.create(storage, key, sampler, device_info=device.as_dict())
@@ -113,16 +115,20 @@ def _tune_one(key, space, user_configs, pool, device, fingerprint, storage,
     study_mod.enqueue(study, space, space.default, source="default")
     for config in user_configs:
         study_mod.enqueue(study, space, config, source="user")
+    for start in warm:
+        study_mod.enqueue(study, space, start.config, source=start.source, **start.attrs)
     progress = StudyProgress(study, key.name, settings.n_trials)
     try:
         run_trials(study, key, space, device, pool.workers, settings, report, on_trial=progress.update,
                    compilers=pool.compilers)
         if settings.finalists and not finalists_current(study, fingerprint):
             progress.note("re-timing finalists")
-            report.finalists = retime_finalists(study, key, pool.workers[0], settings, fingerprint)
+            report.finalists = retime_finalists(study, key, pool.workers[0], settings, fingerprint,
+                                                also=frozenset(config_hash(w.config) for w in warm if w.retime))
     finally:
         progress.close()
     entry = best_entry(key, study)
+    notes.save_study_note(study, entry)
     if entry is not None:
         report.best_us, report.default_us = entry.median_us, entry.default_median_us
     progress.summary(report)

@@ -33,11 +33,15 @@ class StudyKey:
     shape: tuple[tuple[str, int], ...]
     device_key: str
     space_id: str
+    fingerprint_id: str = ""
+    """A re-tune's :func:`autotune.device.fingerprint.fingerprint_id` (empty for ``run``'s studies)."""
 
     @classmethod
-    def of(cls, kernel: str, variant: str, shape: Mapping[str, int], device_key: str, space_id: str) -> StudyKey:
+    def of(cls, kernel: str, variant: str, shape: Mapping[str, int], device_key: str, space_id: str,
+           fingerprint_id: str = "") -> StudyKey:
         """Build from a shape mapping (dimension order is kept)."""
-        return cls(kernel, variant, tuple((k, int(v)) for k, v in shape.items()), device_key, space_id)
+        return cls(kernel, variant, tuple((k, int(v)) for k, v in shape.items()), device_key, space_id,
+                   fingerprint_id)
 
     @property
     def shape_dict(self) -> dict[str, int]:
@@ -46,24 +50,38 @@ class StudyKey:
 
     @property
     def name(self) -> str:
-        """``kernel.variant.M16_N5760_...device.s<space>``."""
+        """``kernel.variant.M16_N5760_...device.s<space>``, then ``.f<fingerprint id>`` for a re-tune."""
         dims = "_".join(f"{k}{v}" for k, v in self.shape)
-        return f"{self.kernel}.{self.variant}.{dims}.{self.device_key}.s{self.space_id}"
+        name = f"{self.kernel}.{self.variant}.{dims}.{self.device_key}.s{self.space_id}"
+        return f"{name}.f{self.fingerprint_id}" if self.fingerprint_id else name
+
+
+OBJECTIVE = "median_us"
+"""The name of every study's objective (``study.set_metric_names``): the median run time in microseconds, which
+optuna-dashboard then shows instead of "Objective 0"."""
 
 
 def create(storage, key: StudyKey, sampler, *, device_info: dict[str, Any]):
-    """Create the study or load it if it exists (``direction="minimize"``: the objective is median µs).
+    """Create the study or load it if it exists (``direction="minimize"``: the objective is :data:`OBJECTIVE`, median
+    µs); its user attributes hold the key's kernel, variant, shape, device key and search-space id and the device info.
 
     Returns:
         The ``optuna.Study``.
     """
+    import warnings
+
     import optuna
 
     study = optuna.create_study(storage=storage, study_name=key.name, sampler=sampler, direction="minimize",
                                 load_if_exists=True)
+    if study.metric_names != [OBJECTIVE]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE])
     attrs = study.user_attrs
     for name, value in (("kernel", key.kernel), ("variant", key.variant), ("shape", key.shape_dict),
-                        ("device_key", key.device_key), ("space_id", key.space_id), ("device", device_info)):
+                        ("device_key", key.device_key), ("space_id", key.space_id), ("device", device_info),
+                        *((("fingerprint_id", key.fingerprint_id),) if key.fingerprint_id else ())):
         if attrs.get(name) != value:
             study.set_user_attr(name, value)
     return study
@@ -74,7 +92,7 @@ def key_of(study_summary_attrs: Mapping[str, Any]) -> StudyKey | None:
     try:
         return StudyKey.of(study_summary_attrs["kernel"], study_summary_attrs["variant"],
                            study_summary_attrs["shape"], study_summary_attrs["device_key"],
-                           study_summary_attrs.get("space_id", "0"))
+                           study_summary_attrs.get("space_id", "0"), study_summary_attrs.get("fingerprint_id", ""))
     except (KeyError, TypeError, AttributeError):
         return None
 
@@ -152,8 +170,15 @@ def _queued_hashes(study, space: SearchSpace) -> set[str]:
     return hashes
 
 
-def enqueue(study, space: SearchSpace, config: Config, source: str) -> bool:
+def enqueue(study, space: SearchSpace, config: Config, source: str, **attrs: Any) -> bool:
     """Queue a (validated) config unless an identical one was already run or queued.
+
+    Args:
+        study: the ``optuna.Study``.
+        space: its search space.
+        config: the config.
+        source: where it comes from (the trial's ``source`` user attribute: default, user, old_winner...).
+        attrs: more user attributes of the queued trial (e.g. ``enqueued_from``), JSON values.
 
     Returns:
         True if it was queued.
@@ -161,8 +186,26 @@ def enqueue(study, space: SearchSpace, config: Config, source: str) -> bool:
     digest = config_hash(config)
     if digest in known_config_hashes(study) | _queued_hashes(study, space):
         return False
-    study.enqueue_trial(space.optuna_params(config), user_attrs={"source": source})
+    study.enqueue_trial(space.optuna_params(config), user_attrs={**attrs, "source": source})
     return True
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A config queued ahead of the sampler by a re-tune (the old winner, a neighbouring shape's winner).
+
+    Attributes:
+        config: the config (validated against the study's space).
+        source: the trial's ``source`` user attribute (``old_winner``, ``neighbour``).
+        attrs: more user attributes of the trial (``enqueued_from``, ``neighbour_key``).
+        retime: re-time it beside the finalists even when it is not among the best (the old winner: old ÷ new is
+            then measured by the same worker in the same session).
+    """
+
+    config: Config
+    source: str
+    attrs: Mapping[str, Any]
+    retime: bool = False
 
 
 def claim(trial, config: Config) -> None:
@@ -217,3 +260,16 @@ def set_finalists(study, finalists: list[dict[str, Any]], fingerprint: dict[str,
 def config_of(trial) -> Config:
     """The full config of a trial (from its ``config`` user attribute)."""
     return json.loads(trial.user_attrs["config"])
+
+
+def measured_us(study, config: Config) -> float | None:
+    """The study's figure for ``config``: its re-timed finalist median when the study has finalists (None if it was
+    not among them or failed its re-check), else the value of its COMPLETE trial (None if never measured), in µs."""
+    from optuna.trial import TrialState
+
+    digest = config_hash(config)
+    finalists = study.user_attrs.get("finalists")
+    if finalists:
+        return next((f["median_us"] for f in finalists if config_hash(f["config"]) == digest), None)
+    return next((t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if t.user_attrs.get("config_hash") == digest and "duplicate_of" not in t.user_attrs), None)

@@ -207,31 +207,31 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
                     on_trial(finished)
 
 
-def _finalist_candidates(study, count: int) -> list[Any]:
+def _finalist_candidates(study, count: int, also: frozenset[str] = frozenset()) -> list[Any]:
     from optuna.trial import TrialState
 
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
               if "duplicate_of" not in t.user_attrs]
     trials.sort(key=lambda t: t.value)
     chosen = trials[:count]
-    default = next((t for t in trials if t.user_attrs.get("source") == "default"), None)
-    if default is not None and default not in chosen:
-        chosen.append(default)
+    extra = [t for t in trials if t.user_attrs.get("source") == "default" or t.user_attrs.get("config_hash") in also]
+    chosen += [t for t in extra if t not in chosen]
     return chosen
 
 
-def retime_finalists(study, key, worker, settings: TuneSettings, fingerprint: dict[str, Any]) -> list[dict]:
+def retime_finalists(study, key, worker, settings: TuneSettings, fingerprint: dict[str, Any],
+                     also: frozenset[str] = frozenset()) -> list[dict]:
     """Re-check and re-time the best configs and the default, interleaved, and store them on the study.
 
     Each candidate is checked once more on fresh inputs (a config that only passed by luck is dropped with its
     reason) and timed ``final_rounds`` times in round-robin order with ``final_rep_ms``; its figure is the median of
-    its rounds.
+    its rounds. Configs whose hash is in ``also`` (a re-tune's old winner) are re-timed with them.
 
     Returns:
         Finalist records sorted by re-timed median (``trial, config, median_us, rounds_us, is_default`` and the
         throughput figures), also stored via :func:`autotune.tuning.study.set_finalists`.
     """
-    candidates = _finalist_candidates(study, settings.finalists)
+    candidates = _finalist_candidates(study, settings.finalists, also)
     rounds: dict[int, list[dict]] = {t.number: [] for t in candidates}
     rejected: dict[int, str] = {}
     for round_index in range(settings.final_rounds):

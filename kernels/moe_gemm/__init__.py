@@ -18,7 +18,7 @@ from kernels.moe_gemm.config import VARIANTS, MoeGemmConfig, MoeShape
 from kernels.moe_gemm.inputs import MoeGemmInputs, make_empty_inputs, make_inputs, make_rotating_inputs
 from kernels.launch_plan import KernelLaunch
 from kernels.moe_gemm.heuristics import default_config
-from kernels.moe_gemm.launch import mlp1_launches, mlp2_launches, moe_mlp1, moe_mlp2
+from kernels.moe_gemm.launch import activation_dtype_problem, mlp1_launches, mlp2_launches, moe_mlp1, moe_mlp2
 from kernels.moe_gemm.reference import Cost, Tolerance, mlp1_reference, mlp2_reference, swiglu_reference
 from kernels.moe_gemm.reference import cost as _cost
 from kernels.moe_gemm.reference import tolerance
@@ -37,7 +37,7 @@ SOURCE_FILES = tuple(Path(__file__).parent / name for name in ("triton_kernels.p
 are not: they do not change a measured config's speed)."""
 
 __all__ = [
-    "default_config",
+    "default_config", "config_problem",
     "BUCKET_DIM", "EXAMPLE_DIMS", "NAME", "SOURCE_FILES", "VARIANTS", "Cost", "KernelLaunch", "MoeGemmConfig",
     "MoeGemmInputs",
     "MoeShape", "Tolerance", "config_from_dict", "cost", "launch", "launches", "make_empty_inputs", "make_inputs",
@@ -71,6 +71,16 @@ def model_shapes(variant: str, M: Sequence[int], *, hidden: int, intermediate: i
 def config_from_dict(params: Mapping) -> MoeGemmConfig:
     """Validated :class:`MoeGemmConfig` from a plain mapping (raises ValueError)."""
     return MoeGemmConfig.from_dict(dict(params))
+
+
+def config_problem(variant: str, config: MoeGemmConfig, dtype: torch.dtype) -> str | None:
+    """Why ``config`` (a :class:`MoeGemmConfig`) cannot launch ``variant`` on activations of ``dtype``, or None.
+
+    The launcher's own dtype rule (:func:`kernels.moe_gemm.launch.activation_dtype_problem`); a runtime asks it
+    before serving a table entry tuned in another dtype (e.g. fp16 under the interpreter, served to the fp32 CPU
+    loop).
+    """
+    return activation_dtype_problem(config, dtype)
 
 
 def make_timing_inputs(variant: str, shape: MoeShape, *, dtype: torch.dtype, device: torch.device | str,

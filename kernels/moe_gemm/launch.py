@@ -25,6 +25,26 @@ _ACT_FORMATS = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 _INTERPRETER_SMS = 4
 
 
+def activation_dtype_problem(config: MoeGemmConfig, dtype: torch.dtype) -> str | None:
+    """Why ``config`` cannot run on activations of ``dtype``, or None when it can.
+
+    ``tl.dot_scaled`` takes bf16 or fp16 operands beside the e2m1 weights (Triton's ``dot_scaled`` formats); the
+    inline-PTX decode multiplies with ``mul.rn.bf16x2`` (bf16 only). The upcast path takes any float dtype.
+
+    Args:
+        config: the launch config.
+        dtype: the activation dtype (bf16 on GPUs, fp32 in the CPU inference loop, fp16 when tuning on the CPU).
+
+    Returns:
+        A one-line reason, or None.
+    """
+    if config.dequant == "dot_scaled" and dtype not in _ACT_FORMATS:
+        return f"dequant='dot_scaled' needs bf16 or fp16 activations, got {dtype}"
+    if config.dequant == "upcast_ptx" and dtype != torch.bfloat16:
+        return f"dequant='upcast_ptx' needs bf16 activations (and a GPU of sm_90 or newer), got {dtype}"
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
@@ -89,10 +109,9 @@ def gemm_launch(
     num_experts, n = w_blocks.shape[0], w_blocks.shape[1]
     k = a.shape[1]
     act_format = _ACT_FORMATS.get(a.dtype)
-    if config.dequant == "dot_scaled" and act_format is None:
-        raise ValueError(f"dequant='dot_scaled' needs bf16 or fp16 activations, got {a.dtype}")
-    if config.dequant == "upcast_ptx" and a.dtype != torch.bfloat16:
-        raise ValueError(f"dequant='upcast_ptx' needs bf16 activations (and a GPU of sm_90 or newer), got {a.dtype}")
+    problem = activation_dtype_problem(config, a.dtype)
+    if problem:
+        raise ValueError(problem)
     num_m_blocks = max_row_blocks(routing.num_rows, num_experts, config.BLOCK_M)
     total_tiles = num_m_blocks * triton.cdiv(n, config.BLOCK_N) * config.SPLIT_K
     persistent = config.schedule == "persistent"

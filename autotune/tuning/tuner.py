@@ -217,8 +217,9 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
                 trial = pending.pop(future)
                 result = future.result()
                 finished = study_mod.record_result(study, trial, result)
-                if result.where:
-                    report.places.add((result.where.get("node"), result.where.get("gpu")))
+                if result.where:  # (node, device): a Ray node id or the host name; the Ray worker or the GPU
+                    where = result.where
+                    report.places.add((where.get("node_id") or where.get("node"), where.get("worker", where.get("gpu"))))
                 if result.lost:  # the machine went away, not the config: no budget used, the config runs again
                     report.lost += 1
                     study_mod.requeue(study, finished)

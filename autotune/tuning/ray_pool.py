@@ -137,6 +137,14 @@ def _alive_nodes() -> dict[str, dict]:
     return {node["NodeID"]: node for node in ray.nodes() if node.get("Alive")}
 
 
+def group_by_device(workers: list) -> list[list]:
+    """Split workers by ``worker.device.key``: the largest group first, then by key; order kept inside a group."""
+    by_key: dict[str, list] = {}
+    for worker in workers:
+        by_key.setdefault(worker.device.key, []).append(worker)
+    return [by_key[key] for key in sorted(by_key, key=lambda key: (-len(by_key[key]), key))]
+
+
 class _Actor:
     """Body of an actor: one isolated worker process (:class:`autotune.tuning.worker.Worker`) and where it runs."""
 
@@ -394,11 +402,8 @@ class RayPool:
             raise ClusterError(f"only {len(self.workers)} of {count} Ray actors started within "
                                f"{self.settings.start_timeout_s:.0f} s (cluster resources: "
                                f"{ray.cluster_resources() if ray.is_initialized() else 'gone'})")
-        by_key: dict[str, list[RayWorker]] = {}
-        for worker in self.workers:
-            by_key.setdefault(worker.device.key, []).append(worker)
-        ordered = sorted(by_key.values(), key=len, reverse=True)
-        self._groups = [DeviceGroup(group[0].device, group, self._compile_slots(group, env)) for group in ordered]
+        self._groups = [DeviceGroup(group[0].device, group, self._compile_slots(group, env))
+                        for group in group_by_device(self.workers)]
         for group in self._groups:
             nodes = {worker.info["node_id"] for worker in group.workers}
             _log(f"ray: {len(group.workers)} {'interpreter' if self.interpreter else 'GPU'} actor(s) of "

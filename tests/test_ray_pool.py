@@ -364,3 +364,46 @@ def test_driver_killed_and_resumed(cluster, driver_factory, tmp_path):
     assert len(_measured(trials)) == trials_budget
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert json.loads(driver.table.read_text())  # the winner exported
+
+
+@pytest.mark.slow
+def test_actor_survives_a_crash_and_is_restarted_after_its_death(cluster):
+    """One proxy driven from this process: a crashing kernel costs the child process only (``worker_died``, not
+    ``lost``); the actor killed mid-trial gives a ``lost`` ``worker_died`` and is restarted on its node."""
+    import threading
+
+    import ray
+
+    from autotune.tuning.ray_pool import RayWorker
+    from autotune.tuning.records import Job
+
+    def job(mode: str, delay_ms: int = 0) -> Job:
+        return Job(kernel=fk.NAME, variant="only", shape={"M": 64, "faults": 1, "delay_ms": delay_ms},
+                   config={"mode": mode, "BLOCK": 16, "UNROLL": 1}, dtype="float32", seed=1, rep_ms=5.0,
+                   timed=False)
+
+    ray.init(address=cluster.address, logging_level="WARNING")
+    proxy = RayWorker(0, {"num_cpus": 1, "num_gpus": 0}, interpreter=True, start_timeout_s=120,
+                      runtime_env={"env_vars": dict(fk.PLUGIN_ENV)})
+    try:
+        proxy.start()
+        first_pid = proxy.info["pid"]
+        crashed = proxy.evaluate(job("crash"), 60)
+        assert crashed.kind is Kind.WORKER_DIED and not crashed.lost
+        assert crashed.where["node_id"] == proxy.info["node_id"] and crashed.where["device_key"] == "triton-interpreter"
+        assert proxy.evaluate(job("ok"), 60).ok  # same actor, fresh child process
+        assert proxy.info["pid"] == first_pid
+
+        answers = []
+        thread = threading.Thread(target=lambda: answers.append(proxy.evaluate(job("ok", delay_ms=3000), 60)))
+        thread.start()
+        time.sleep(2.0)
+        ray.kill(proxy.actor, no_restart=True)
+        thread.join(180)
+        assert answers and answers[0].lost and answers[0].kind is Kind.WORKER_DIED, answers
+        assert "died mid-trial" in answers[0].error
+        assert not proxy.retired and proxy.restarts == 1 and proxy.info["pid"] != first_pid
+        assert proxy.evaluate(job("ok"), 60).ok
+    finally:
+        proxy.stop()
+        ray.shutdown()

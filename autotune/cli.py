@@ -58,15 +58,28 @@ def _parse_gpus(text: str | None, available: int) -> tuple[int, ...]:
 def cmd_run(*, kernel: str, preset: str | None, shapes: str | None, variants: str | None, trials: int | None,
             timeout: float | None, storage: str, sampler: str, seed: int, enqueue: Sequence[str], table: str,
             no_export: bool, gpus: str | None, trial_timeout: float, finalists: int, dtype: str | None,
-            compile_workers: int | None) -> int:
-    """Tune a kernel over a preset's shapes; export the winners."""
+            compile_workers: int | None, ray: str | None = None, ray_actors: int | None = None) -> int:
+    """Tune a kernel over a preset's shapes; export the winners (over a Ray cluster with ``ray``)."""
     from autotune.tuning import presets
     from autotune import registry
     from autotune.tuning.run import RunRequest, run, summarize
     from autotune.tuning.tuner import TuneSettings
 
     spec = registry.get(kernel)
-    gpu_count = _gpu_count()
+    ray_settings = None
+    if ray is not None:  # the cluster's GPUs decide GPU or interpreter mode (autotune/tuning/ray_pool.py)
+        try:
+            from autotune.tuning import ray_pool
+        except ImportError as exc:
+            raise UserError(f"--ray needs Ray ({exc}): pip install -e '.[ray]'") from exc
+        if gpus is not None:
+            raise UserError("--gpus picks this machine's devices; with --ray use --ray-actors N")
+        ray_settings = ray_pool.RaySettings.parse(ray, ray_actors)
+        gpu_count = ray_pool.connect(ray_settings)
+    elif ray_actors is not None:
+        raise UserError("--ray-actors needs --ray ADDRESS")
+    else:
+        gpu_count = _gpu_count()
     interpreter = gpu_count == 0
     if interpreter:
         preset = preset or defaults.CPU_PRESET
@@ -95,7 +108,8 @@ def cmd_run(*, kernel: str, preset: str | None, shapes: str | None, variants: st
         final_rounds=defaults.FINAL_ROUNDS, seed=seed)
     request = RunRequest(kernel=kernel, kernel_preset=kernel_preset, variants=chosen_variants, storage_url=storage,
                          sampler=sampler, enqueue=_parse_enqueue(enqueue), table=None if no_export else Path(table),
-                         gpus=_parse_gpus(gpus, gpu_count) if not interpreter else (), interpreter=interpreter,
+                         gpus=_parse_gpus(gpus, gpu_count) if not interpreter and ray is None else (),
+                         interpreter=interpreter, ray=ray_settings,
                          compile_workers=defaults.compile_workers() if compile_workers is None else compile_workers,
                          settings=settings)
     reports = run(request)
@@ -199,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--table", default=str(defaults.TABLE), help="table file to export to (default: %(default)s)")
     run.add_argument("--no-export", action="store_true", help="do not export at the end")
     run.add_argument("--gpus", help="comma-separated CUDA device indices, one worker each (default: all)")
+    run.add_argument("--ray", metavar="ADDRESS",
+                     help="spread the trials over a Ray cluster: local (start one here), auto (this machine's "
+                          "`ray start`) or HOST:PORT of `ray start --head`; needs pip install -e '.[ray]'")
+    run.add_argument("--ray-actors", type=int, metavar="N",
+                     help="with --ray: evaluation actors (default: one per GPU of the cluster; without GPUs, one "
+                          "Triton-interpreter actor per node)")
     run.add_argument("--trial-timeout", type=float, default=defaults.TRIAL_TIMEOUT_S,
                      help="seconds for one compile + check + time before the worker is killed (default: %(default)s)")
     run.add_argument("--finalists", type=int, default=defaults.FINALISTS,

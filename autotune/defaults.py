@@ -48,6 +48,21 @@ def compile_workers() -> int:
     return max(1, min(MAX_COMPILE_WORKERS, (os.cpu_count() or 2) // 2))
 
 
+RAY_START_TIMEOUT_S = 180.0
+"""``run --ray``: seconds for the actors to be placed and their worker processes to start (each imports torch)."""
+
+RAY_CONNECT_TIMEOUT_S = 5.0
+"""``run --ray HOST:PORT``: seconds for the TCP check that something listens there (Ray itself retries a minute)."""
+
+RAY_OBJECT_STORE_BYTES = 100 * 2**20
+"""``run --ray local``: object store of the private cluster; Jobs and Results are a few kB each."""
+
+RAY_ANSWER_MARGIN_S = 30.0
+RAY_NODE_DEATH_WAIT_S = 5.0
+"""``run --ray``: seconds past the trial timeout (plus a worker restart) before an actor's silence counts as its
+death; seconds to watch a dead actor's node for leaving the cluster before restarting the actor there."""
+
+
 MAX_NEW_TOKENS = 32
 """``generate``: tokens generated per prompt."""
 

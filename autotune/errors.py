@@ -44,3 +44,8 @@ class TableError(UserError):
 
     The message always names the file. A table that raised this error is never overwritten.
     """
+
+
+class ClusterError(UserError):
+    """A Ray cluster (``run --ray``) that cannot be reached, cannot place the workers asked for, or lost every
+    evaluation worker mid-run (the storage stays resumable: rerun the same command)."""

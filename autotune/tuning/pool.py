@@ -7,7 +7,26 @@ the GPU; with compile workers the two overlap, and several configs compile at on
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from autotune.tuning.worker import Worker
+
+
+@dataclass(frozen=True)
+class DeviceGroup:
+    """The workers of a pool that share one device key: the studies of that key run on them and on nothing else,
+    so timings of different GPU kinds never meet in one study.
+
+    Attributes:
+        device: their :class:`autotune.device.DeviceProfile`.
+        workers: evaluation workers (``evaluate(job, timeout_s) -> Result``, ``retired``).
+        compilers: compile-ahead workers serving them.
+    """
+
+    device: Any
+    workers: list
+    compilers: list
 
 
 class WorkerPool:
@@ -46,6 +65,10 @@ class WorkerPool:
             self.close()
             raise RuntimeError(f"workers see different devices {sorted(keys)}: tune one kind of GPU per run")
         return self.workers[0].device
+
+    def groups(self) -> list[DeviceGroup]:
+        """The one device group of a local pool (:meth:`start` refused GPUs of different kinds)."""
+        return [DeviceGroup(self.workers[0].device, self.workers, self.compilers)]
 
     def close(self) -> None:
         """Stop every worker, all at once (each may take seconds to exit)."""

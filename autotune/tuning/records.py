@@ -69,6 +69,10 @@ class Result:
         flops, bytes: the kernel's cost model for one call.
         tflops, gbps, peak_fraction: achieved rates and the larger fraction of the device's two ceilings.
         nvml: GPU state while timing (clocks, temperature, power, throttle reasons).
+        where: where it ran: ``node`` (host name), ``gpu`` (the CUDA device index on that node, None under the
+            interpreter) and ``device_key``; stored flat on the trial like ``nvml``.
+        lost: True when the infrastructure cut the evaluation, not the config (a Ray actor or its node went away
+            mid-trial): the trial fails, uses no budget and its config is queued again. None otherwise.
     """
 
     kind: Kind
@@ -91,6 +95,8 @@ class Result:
     gbps: float | None = None
     peak_fraction: float | None = None
     nvml: dict[str, Any] = field(default_factory=dict)
+    where: dict[str, Any] = field(default_factory=dict)
+    lost: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -99,11 +105,13 @@ class Result:
 
     def trial_attrs(self) -> dict[str, Any]:
         """The user attributes a trial stores: every field that is set except the traceback, ``kind`` as its value
-        string, and the NVML readings flattened (``sm_clock_mhz``, ``temperature_c``, ...)."""
+        string, and the NVML readings and the placement flattened (``sm_clock_mhz``, ``temperature_c``, ...,
+        ``node``, ``gpu``, ``device_key``)."""
         attrs = {name: value for name, value in asdict(self).items()
-                 if value is not None and name not in ("traceback", "nvml")}
+                 if value is not None and name not in ("traceback", "nvml", "where")}
         attrs["kind"] = self.kind.value
         attrs.update(self.nvml)
+        attrs.update({name: value for name, value in self.where.items() if value is not None})
         return attrs
 
 

@@ -46,6 +46,7 @@ class RunRequest:
     interpreter: bool
     compile_workers: int
     settings: TuneSettings
+    ray: Any = None  # autotune.tuning.ray_pool.RaySettings with --ray, else None (and Ray is never imported)
 
 
 def _log(message: str) -> None:
@@ -56,6 +57,15 @@ def plan_studies(request: RunRequest) -> list[tuple[str, dict[str, int]]]:
     """(variant, shape) of every study to run, in preset order."""
     spec = registry.get(request.kernel)
     return [(v, s) for v, s in presets.expand(request.kernel_preset, spec) if v in request.variants]
+
+
+def _make_pool(request: RunRequest):
+    """The local worker pool, or with ``--ray`` the Ray pool (imported only then)."""
+    if request.ray is None:
+        return WorkerPool(list(request.gpus), interpreter=request.interpreter, compile_workers=request.compile_workers)
+    from autotune.tuning.ray_pool import RayPool
+
+    return RayPool(request.ray, interpreter=request.interpreter, compile_workers=request.compile_workers)
 
 
 def run(request: RunRequest) -> list[StudyReport]:
@@ -72,28 +82,36 @@ def run(request: RunRequest) -> list[StudyReport]:
     storage = open_storage(request.storage_url)
     source_hash = spec.source_hash()
     reports = []
-    with WorkerPool(list(request.gpus), interpreter=request.interpreter,
-                    compile_workers=request.compile_workers) as pool:
-        device = pool.start()
-        fingerprint = fingerprint_mod.fingerprint(device, source_hash)
-        _log(f"device: {device.name} ({device.key}); {len(plan)} studies of {request.kernel}; "
-             f"storage {request.storage_url}")
-        work = []
-        for variant, shape in plan:  # check every --enqueue config against every study before tuning any
-            space = spec.space(variant, shape, device)
-            try:
-                user_configs = [space.validate(config) for config in request.enqueue]
-            except ConfigError as exc:
-                raise ConfigError(f"--enqueue for {request.kernel}/{variant}: {exc}") from exc
-            work.append((study_mod.StudyKey.of(request.kernel, variant, shape, device.key, space.signature()), space,
-                         user_configs))
-        for key, space, user_configs in work:
-            report, entry = _tune_one(key, space, user_configs, pool, device, fingerprint, storage, request)
-            reports.append(report)
-            if request.table is not None and entry is not None:  # export as we go: a crash later loses nothing
-                merge = update_table(request.table, device.key, device.as_dict(), [entry])
-                changed = "added" if merge.added else "replaced" if merge.replaced else "kept (faster entry stored)"
-                _log(f"  table {request.table}: {key.name} {changed}")
+    with _make_pool(request) as pool:
+        pool.start()
+        for group in pool.groups():  # one device key at a time: a mixed Ray cluster never mixes timings
+            reports += _tune_group(request, plan, spec, group, storage, source_hash)
+    return reports
+
+
+def _tune_group(request: RunRequest, plan, spec, group, storage, source_hash: str) -> list[StudyReport]:
+    """Tune the plan's studies on one device group, exporting each winner as soon as it is known."""
+    device = group.device
+    reports = []
+    fingerprint = fingerprint_mod.fingerprint(device, source_hash)
+    _log(f"device: {device.name} ({device.key}); {len(plan)} studies of {request.kernel}; "
+         f"storage {request.storage_url}")
+    work = []
+    for variant, shape in plan:  # check every --enqueue config against every study before tuning any
+        space = spec.space(variant, shape, device)
+        try:
+            user_configs = [space.validate(config) for config in request.enqueue]
+        except ConfigError as exc:
+            raise ConfigError(f"--enqueue for {request.kernel}/{variant}: {exc}") from exc
+        work.append((study_mod.StudyKey.of(request.kernel, variant, shape, device.key, space.signature()), space,
+                     user_configs))
+    for key, space, user_configs in work:
+        report, entry = _tune_one(key, space, user_configs, group, device, fingerprint, storage, request)
+        reports.append(report)
+        if request.table is not None and entry is not None:  # export as we go: a crash later loses nothing
+            merge = update_table(request.table, device.key, device.as_dict(), [entry])
+            changed = "added" if merge.added else "replaced" if merge.replaced else "kept (faster entry stored)"
+            _log(f"  table {request.table}: {key.name} {changed}")
     return reports
 
 
@@ -123,7 +141,7 @@ def _tune_one(key, space, user_configs, pool, device, fingerprint, storage, requ
                    compilers=pool.compilers)
         if settings.finalists and not finalists_current(study, fingerprint):
             progress.note("re-timing finalists")
-            report.finalists = retime_finalists(study, key, pool.workers[0], settings, fingerprint,
+            report.finalists = retime_finalists(study, key, pool.workers, settings, fingerprint,
                                                 also=frozenset(config_hash(w.config) for w in warm if w.retime))
     finally:
         progress.close()
@@ -141,6 +159,10 @@ def summarize(reports: Sequence[StudyReport]) -> str:
 
     ratios = [r.default_us / r.best_us for r in reports if r.best_us and r.default_us]
     geomean = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan")
+    places = set().union(*(r.places for r in reports))
+    lost = sum(r.lost for r in reports)
     return (f"{len(reports)} studies: {sum(r.measured for r in reports)} measured, "
             f"{sum(r.pruned for r in reports)} pruned, {sum(r.failed for r in reports)} failed trials this run; "
-            f"tuned/default geomean speedup {geomean:.3f}x over {len(ratios)} studies")
+            f"tuned/default geomean speedup {geomean:.3f}x over {len(ratios)} studies; "
+            f"{len(places)} device(s) on {len({node for node, _ in places})} node(s) took part"
+            + (f"; {lost} trial(s) cut by a lost Ray actor or node, their configs re-run" if lost else ""))

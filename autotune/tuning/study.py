@@ -146,9 +146,16 @@ def recover_interrupted(study, stale_after: timedelta) -> list[int]:
         _set_attr(study, trial, "error", "the tuner process was killed while this trial ran; its config was re-queued")
         study.tell(trial.number, state=trial_state(Kind.INTERRUPTED))
         failed.append(trial.number)
-        if "config" in trial.user_attrs:
-            study.enqueue_trial(trial.params, user_attrs={"source": "requeued", "requeued_from": trial.number})
+        requeue(study, trial)
     return failed
+
+
+def requeue(study, trial) -> None:
+    """Queue the config of a trial that failed through no fault of its own (its tuner was killed, its machine left
+    the Ray cluster), marked ``source="requeued"`` and ``requeued_from`` its number; a trial that never got a config
+    is not queued."""
+    if "config" in trial.user_attrs:
+        study.enqueue_trial(trial.params, user_attrs={"source": "requeued", "requeued_from": trial.number})
 
 
 def known_config_hashes(study) -> set[str]:

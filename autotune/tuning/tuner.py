@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from autotune.errors import ClusterError
 from autotune.tuning import study as study_mod
 from autotune.tuning.outcomes import UNCOUNTED, Kind
 from autotune.tuning.records import ENTRY_METRICS, Job, Result
@@ -72,6 +73,8 @@ class StudyReport:
     best_us: float | None = None
     default_us: float | None = None
     finalists: list[dict[str, Any]] = field(default_factory=list)
+    lost: int = 0
+    places: set[tuple[str, Any]] = field(default_factory=set)
 
 
 def study_seed(seed: int, name: str) -> int:
@@ -80,12 +83,14 @@ def study_seed(seed: int, name: str) -> int:
 
 
 def measured_count(study) -> int:
-    """Trials that used budget: measured (COMPLETE or FAIL), not repeats, not interrupted by a killed run."""
+    """Trials that used budget: measured (COMPLETE or FAIL), not repeats, not interrupted by a killed run, not cut
+    by a lost Ray actor or node (``lost``)."""
     from optuna.trial import TrialState
 
     uncounted = {kind.value for kind in UNCOUNTED}
     return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-               if "duplicate_of" not in t.user_attrs and t.user_attrs.get("kind") not in uncounted)
+               if "duplicate_of" not in t.user_attrs and t.user_attrs.get("kind") not in uncounted
+               and not t.user_attrs.get("lost"))
 
 
 def _has_queued(study) -> bool:
@@ -110,8 +115,15 @@ def _job(key, config: Config, settings: TuneSettings, seed: int, **extra) -> Job
 
 
 def _evaluate_pipeline(job: Job, timeout_s: float, compilers: queue.Queue | None,
-                       evaluators: queue.Queue, report: StudyReport) -> Result:
-    """Compile on a free compile worker (if any), then evaluate on a free evaluation worker."""
+                       evaluators: queue.Queue, workers, report: StudyReport) -> Result:
+    """Compile on a free compile worker (if any), then evaluate on a free evaluation worker.
+
+    A worker that comes back ``retired`` (its machine left the Ray cluster) is not put back; when the last one
+    retires, a None left in the queue tells every waiting trial that no worker is left.
+
+    Raises:
+        ClusterError: no evaluation worker is left.
+    """
     if compilers is not None:
         compiler = compilers.get()
         try:
@@ -120,10 +132,17 @@ def _evaluate_pipeline(job: Job, timeout_s: float, compilers: queue.Queue | None
         finally:
             compilers.put(compiler)
     worker = evaluators.get()
+    if worker is None:
+        evaluators.put(None)
+        raise ClusterError("every evaluation worker is gone (their Ray nodes left the cluster); the storage is "
+                           "resumable: rerun the same command when GPUs are back")
     try:
         return worker.evaluate(job, timeout_s)
     finally:
-        evaluators.put(worker)
+        if not worker.retired:
+            evaluators.put(worker)
+        elif all(other.retired for other in workers):
+            evaluators.put(None)
 
 
 def _idle_queue(workers) -> queue.Queue:
@@ -186,7 +205,7 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
                 else:
                     job = _job(key, config, settings, seed=study_seed(settings.seed, key.name) + trial.number)
                     future = executor.submit(_evaluate_pipeline, job, settings.trial_timeout_s, compile_queue,
-                                             evaluators, report)
+                                             evaluators, workers, report)
                     pending[future] = trial
                     continue
                 if on_trial:
@@ -196,12 +215,20 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 trial = pending.pop(future)
-                finished = study_mod.record_result(study, trial, future.result())
-                measured += 1
-                if finished.user_attrs.get("kind") == Kind.OK.value:
+                result = future.result()
+                finished = study_mod.record_result(study, trial, result)
+                if result.where:  # (node, device): a Ray node id or the host name; the Ray worker or the GPU
+                    where = result.where
+                    report.places.add((where.get("node_id") or where.get("node"), where.get("worker", where.get("gpu"))))
+                if result.lost:  # the machine went away, not the config: no budget used, the config runs again
+                    report.lost += 1
+                    study_mod.requeue(study, finished)
+                elif finished.user_attrs.get("kind") == Kind.OK.value:
+                    measured += 1
                     report.measured += 1
                     completed.setdefault(finished.user_attrs["config_hash"], finished)
                 else:
+                    measured += 1
                     report.failed += 1
                 if on_trial:
                     on_trial(finished)
@@ -219,13 +246,14 @@ def _finalist_candidates(study, count: int, also: frozenset[str] = frozenset()) 
     return chosen
 
 
-def retime_finalists(study, key, worker, settings: TuneSettings, fingerprint: dict[str, Any],
+def retime_finalists(study, key, workers, settings: TuneSettings, fingerprint: dict[str, Any],
                      also: frozenset[str] = frozenset()) -> list[dict]:
     """Re-check and re-time the best configs and the default, interleaved, and store them on the study.
 
     Each candidate is checked once more on fresh inputs (a config that only passed by luck is dropped with its
     reason) and timed ``final_rounds`` times in round-robin order with ``final_rep_ms``; its figure is the median of
-    its rounds. Configs whose hash is in ``also`` (a re-tune's old winner) are re-timed with them.
+    its rounds. Configs whose hash is in ``also`` (a re-tune's old winner) are re-timed with them. All of it runs on
+    the first live worker of ``workers``; a measurement cut by a lost Ray node is repeated on the next live one.
 
     Returns:
         Finalist records sorted by re-timed median (``trial, config, median_us, rounds_us, is_default`` and the
@@ -241,7 +269,7 @@ def retime_finalists(study, key, worker, settings: TuneSettings, fingerprint: di
             job = _job(key, study_mod.config_of(trial), settings,
                        seed=study_seed(settings.seed, key.name) + 100_000 * (round_index + 1) + trial.number,
                        check=round_index == 0, rep_ms=settings.final_rep_ms)
-            result = worker.evaluate(job, settings.trial_timeout_s)
+            result = _evaluate_on_live(workers, job, settings.trial_timeout_s)
             if not result.ok:
                 rejected[trial.number] = f"{result.kind.value}: {result.error or ''}"[:500]
             else:
@@ -263,6 +291,22 @@ def retime_finalists(study, key, worker, settings: TuneSettings, fingerprint: di
         study.set_user_attr("finalists_rejected", {str(k): v for k, v in rejected.items()})
     study_mod.set_finalists(study, finalists, fingerprint, after_trial=_last_measured_number(study))
     return finalists
+
+
+def _evaluate_on_live(workers, job: Job, timeout_s: float) -> Result:
+    """Evaluate on the first worker that is not retired, moving on while the result is ``lost``.
+
+    Raises:
+        ClusterError: every worker is retired.
+    """
+    for worker in workers:
+        if worker.retired:
+            continue
+        result = worker.evaluate(job, timeout_s)
+        if not result.lost:
+            return result
+    raise ClusterError("every evaluation worker is gone (their Ray nodes left the cluster) while re-timing the "
+                       "finalists; rerun the same command when GPUs are back")
 
 
 def _last_measured_number(study) -> int:

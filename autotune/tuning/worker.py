@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import socket
 import time
+from dataclasses import replace
+
 from autotune.tuning.outcomes import STICKY, Kind
 from autotune.tuning.records import Job, Result
 
@@ -71,7 +74,13 @@ class Worker:
         gpu: CUDA device index for ``CUDA_VISIBLE_DEVICES``; None with ``interpreter``.
         interpreter: run kernels under ``TRITON_INTERPRET=1`` on the CPU.
         start_timeout_s: seconds to wait for the process to import torch/triton and report ready.
+
+    Attributes:
+        retired: always False here; a remote worker (:mod:`autotune.tuning.ray_pool`) sets it when its machine is gone,
+            and the tuner then stops giving it jobs.
     """
+
+    retired = False
 
     def __init__(self, gpu: int | None, *, interpreter: bool, start_timeout_s: float = 180.0) -> None:
         self.gpu = gpu
@@ -151,8 +160,14 @@ class Worker:
             timeout_s: wall-clock limit for compile + check + time.
 
         Returns:
-            The worker's :class:`Result`, or one of kind ``timeout`` / ``worker_died`` with the reason.
+            The worker's :class:`Result` (with :attr:`Result.where` set: this host, the GPU index, the device key),
+            or one of kind ``timeout`` / ``worker_died`` with the reason.
         """
+        result = self._evaluate(job, timeout_s)
+        key = self.device.key if self.device is not None else None
+        return replace(result, where={"node": socket.gethostname(), "gpu": self.gpu, "device_key": key})
+
+    def _evaluate(self, job: Job, timeout_s: float) -> Result:
         if not self.alive():
             self.restart()
         start = time.monotonic()

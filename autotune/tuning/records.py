@@ -69,6 +69,9 @@ class Result:
         flops, bytes: the kernel's cost model for one call.
         tflops, gbps, peak_fraction: achieved rates and the larger fraction of the device's two ceilings.
         nvml: GPU state while timing (clocks, temperature, power, throttle reasons).
+        output: what the worker process wrote to stdout/stderr during the job (compiler diagnostics, MLIR dumps;
+            bounded by :data:`autotune.tuning.capture.MAX_OUTPUT_BYTES`); goes to the log file, and an excerpt of
+            it to the trial's ``error`` when the job failed.
     """
 
     kind: Kind
@@ -91,6 +94,7 @@ class Result:
     gbps: float | None = None
     peak_fraction: float | None = None
     nvml: dict[str, Any] = field(default_factory=dict)
+    output: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -98,11 +102,16 @@ class Result:
         return self.kind is Kind.OK
 
     def trial_attrs(self) -> dict[str, Any]:
-        """The user attributes a trial stores: every field that is set except the traceback, ``kind`` as its value
-        string, and the NVML readings flattened (``sm_clock_mhz``, ``temperature_c``, ...)."""
+        """The user attributes a trial stores: every field that is set except the traceback and the worker output,
+        ``kind`` as its value string, and the NVML readings flattened (``sm_clock_mhz``, ``temperature_c``, ...). A
+        failed job's ``error`` ends with an excerpt of the worker output (first and last lines, bounded)."""
         attrs = {name: value for name, value in asdict(self).items()
-                 if value is not None and name not in ("traceback", "nvml")}
+                 if value is not None and name not in ("traceback", "nvml", "output")}
         attrs["kind"] = self.kind.value
+        if not self.ok and self.output and self.output.strip():
+            from autotune.tuning.capture import excerpt
+
+            attrs["error"] = f"{self.error or self.kind.value}\n--- worker output ---\n{excerpt(self.output)}"
         attrs.update(self.nvml)
         return attrs
 

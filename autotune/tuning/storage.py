@@ -8,7 +8,10 @@ as does a JournalStorage file given as ``journal:PATH``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from autotune.errors import StorageError, UserError
@@ -78,3 +81,45 @@ def make_sampler(name: str, seed: int, n_trials: int):
         return factories[name]()
     except ImportError as exc:
         raise UserError(f"sampler {name!r} needs a package that is not installed: {exc}") from exc
+
+
+def _file_of(url: str) -> Path | None:
+    """The file behind a SQLite or journal URL, None for a database server."""
+    if url.startswith("journal:"):
+        return Path(url[len("journal:"):])
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):])
+    return None
+
+
+def storage_folder(url: str) -> Path:
+    """The folder of a file storage (SQLite, journal); ``studies/`` for a database server."""
+    from autotune.defaults import STUDIES_DIR
+
+    path = _file_of(url)
+    return path.parent if path is not None else STUDIES_DIR
+
+
+def worker_log_path(url: str) -> Path:
+    """The log file that collects the worker output (compiler diagnostics) of every trial run on this storage."""
+    path = _file_of(url)
+    name = f"{path.name}.worker.log" if path is not None else "worker.log"
+    return storage_folder(url) / name
+
+
+@contextlib.contextmanager
+def storage_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive lock shared by every tuner process on this host using the same file storage, while a
+    check-then-write step runs (queueing the default config once). A database server gets no lock: the tuner's
+    repeat check before dispatch still measures each config once there."""
+    path = _file_of(url)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 MAX_OUTPUT_BYTES = 256 * 1024
@@ -91,7 +91,7 @@ def append_log(path: Path, header: str, text: str) -> None:
     tuners do not interleave.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
     record = f"===== {stamp} {header}\n{text.rstrip()}\n"
     with open(path, "a", encoding="utf-8") as log:
         log.write(record)

@@ -40,12 +40,18 @@ class WarmConfig:
     origin: str
 
 
+def _log2_gap(x: int, y: int) -> float:
+    if x <= 0 or y <= 0:
+        return 0.0 if x == y else 1.0  # a zero dimension (a flag, a window of 0) against a set one: one step
+    return abs(math.log2(x) - math.log2(y))
+
+
 def shape_distance(a: Mapping[str, int], b: Mapping[str, int]) -> float | None:
-    """Summed |log2| distance of two shapes' dimensions (values below 1 count as 1); None when their dimension names
-    differ (not comparable)."""
+    """Summed |log2| distance of two shapes' dimensions (0 against a positive value counts as one step); None when
+    their dimension names differ (not comparable)."""
     if set(a) != set(b):
         return None
-    return sum(abs(math.log2(max(int(a[k]), 1)) - math.log2(max(int(b[k]), 1))) for k in a)
+    return sum(_log2_gap(int(a[k]), int(b[k])) for k in a)
 
 
 def _nearest_choice(value: Any, choices: Sequence) -> Any:

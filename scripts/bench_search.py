@@ -8,13 +8,14 @@ is always inside it):
 
 * ``moe_gemm`` mlp1 (gpt-oss-20b: hidden 2880, expert width 2880, E 32, top-4) at M = 1 (decode), 64 (mid), 2048
   (prefill): BLOCK_N, BLOCK_K in {64, 128, 256}, num_warps {4, 8}, num_stages {2, 3, 4}, dequant {dot_scaled,
-  upcast}, BLOCK_M {16, 64, 128} where the shape allows it (only 16 at M = 1 and 64); GROUP_M, schedule, SPLIT_K,
-  fuse_swiglu at the default's value. 108 configs at M = 1 and 64, 324 at M = 2048, before the constraints.
-* ``attention`` prefill, 2048 tokens, full causal (64 query heads, 8 KV heads, head dim 64): every BLOCK_M, BLOCK_N,
-  num_warps, num_stages {1, 2, 3}; the KV storage dtype at the default's.
+  upcast}, BLOCK_M {16, 64, 128} where the shape offers it (only 16 at M = 1 and 64, where the rows per expert
+  allow no more; 64 and 128 at M = 2048) plus the default's; GROUP_M, schedule, SPLIT_K, fuse_swiglu at the
+  default's value. About 108 configs at M = 1 and 64, 216 at M = 2048, before the constraints.
+* ``attention`` prefill, 2048 tokens, full causal (64 query heads, 8 KV heads, head dim 64): every BLOCK_M and
+  BLOCK_N the shape offers, num_warps {4, 8}, num_stages {1, 2, 3}; the KV storage dtype at the default's.
 
-Sized for <= 5 minutes of one H200 for all four sweeps at ``--rep-ms 20`` (~0.3 s per config on the GPU, compiles
-overlapped). Then, **without any GPU**, each sampler (``tpe``, ``random``, ``qmc``, ``cmaes``, ``gp`` as
+Sized for <= 5 minutes of one H200 for all four sweeps at ``--rep-ms 20`` (~550 configs at ~0.4 s of GPU each,
+compiles overlapped by the compile-ahead workers; an estimate: the lead's GPU run records the real time). Then, **without any GPU**, each sampler (``tpe``, ``random``, ``qmc``, ``cmaes``, ``gp`` as
 :func:`autotune.tuning.storage.make_sampler` builds them, and ``tpe+warm``: TPE after the cross-shape warm start of
 :mod:`autotune.tuning.warm_start`, here the sweep winners of the other shapes of the same kernel and variant,
 projected into this shape's space) replays studies over several seeds on the cached sweep: the objective looks the
@@ -72,13 +73,13 @@ class Case:
 
 
 _MOE_20B = {"hidden": 2880, "intermediate": 2880, "E": 32, "top_k": 4}
-_MOE_GPU_CHOICES = {"BLOCK_M": (16, 64, 128), "BLOCK_N": (64, 128, 256), "BLOCK_K": (64, 128, 256),
+_MOE_GPU_CHOICES = {"BLOCK_M": (64, 128), "BLOCK_N": (64, 128, 256), "BLOCK_K": (64, 128, 256),
                     "num_warps": (4, 8), "num_stages": (2, 3, 4), "dequant": ("dot_scaled", "upcast")}
 _ATTN_GPU = {"seq": [2048], "batch": 1, "heads_q": 64, "heads_kv": 8, "head_dim": 64, "window": 0}
 GPU_CASES = (
     *(Case("moe_gemm", "mlp1", {"M": [m], **_MOE_20B}, _MOE_GPU_CHOICES, f"moe_gemm mlp1 M={m}")
       for m in (1, 64, 2048)),
-    Case("attention", "prefill", _ATTN_GPU, {"BLOCK_M": None, "BLOCK_N": None, "num_warps": None,
+    Case("attention", "prefill", _ATTN_GPU, {"BLOCK_M": None, "BLOCK_N": None, "num_warps": (4, 8),
                                              "num_stages": (1, 2, 3)}, "attention prefill seq=2048 W=0"),
 )
 """The GPU benchmark; a choice of None keeps every value the real space offers at the shape."""

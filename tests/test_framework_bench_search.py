@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from itertools import pairwise
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest

@@ -171,7 +171,9 @@ def test_two_loops_on_one_storage_share_the_budget(tmp_path):
     second = optuna.load_study(study_name=key.name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=7))
     worker_a, worker_b = ScriptedWorker(delay_s=0.05), ScriptedWorker(delay_s=0.05)
     reports = [StudyReport(key.name), StudyReport(key.name)]
-    threads = [threading.Thread(target=run_trials, args=(s, key, space, None, [w], settings(6), r))
+    shared = threading.Lock()  # what storage_lock is between processes: the budget check, ask and claim are one step
+    threads = [threading.Thread(target=run_trials, args=(s, key, space, None, [w], settings(6), r),
+                                kwargs={"lock": lambda: shared})
                for s, w, r in ((first, worker_a, reports[0]), (second, worker_b, reports[1]))]
     for thread in threads:
         thread.start()

@@ -39,7 +39,7 @@ class StudyCounts:
 
     Attributes:
         completed: COMPLETE trials that were measured (not repeats): the budget spent.
-        running: RUNNING trials that were claimed (by this process or another one on the same storage).
+        running: RUNNING trials (of this process or another one on the same storage).
         waiting: queued (WAITING) trials: the default, ``--enqueue`` and warm-start configs, re-queued ones.
         seen: config hashes of every claimed trial, whatever its state.
         first_by_hash: config hash → the first trial with that config that was not a repeat and not interrupted
@@ -72,13 +72,13 @@ class StudyCounts:
             if trial.state == TrialState.WAITING:
                 waiting += 1
                 continue
+            if trial.state == TrialState.RUNNING:
+                running += 1  # claimed or not yet (asked a moment ago by another process)
             digest = attrs.get("config_hash")
             if digest is None:
-                continue  # asked but not claimed yet
+                continue
             seen.add(digest)
-            if trial.state == TrialState.RUNNING:
-                running += 1
-            elif trial.state == TrialState.COMPLETE and not repeat:
+            if trial.state == TrialState.COMPLETE and not repeat:
                 completed += 1
             current = fingerprint_id is None or attrs.get("fingerprint_id", fingerprint_id) == fingerprint_id
             if not repeat and current and attrs.get("kind") not in _UNCOUNTED_KINDS:

@@ -128,7 +128,8 @@ def _tune_one(key, space, user_configs, pool, device, fingerprint, storage,
     progress = StudyProgress(study, key.name, settings.n_trials)
     try:
         run_trials(study, key, space, device, pool.workers, settings, report, on_trial=progress.update,
-                   compilers=pool.compilers, log=log, fingerprint_id=fingerprint_id(fingerprint))
+                   compilers=pool.compilers, log=log, fingerprint_id=fingerprint_id(fingerprint),
+                   lock=lambda: storage_lock(request.storage_url))
         with storage_lock(request.storage_url):  # a second run on the storage finds them current and exports the same
             if settings.finalists and not finalists_current(study, fingerprint):
                 progress.note("re-timing finalists")

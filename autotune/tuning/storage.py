@@ -44,7 +44,8 @@ def open_storage(url: str):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         if "://" not in url:
             raise ValueError("not a storage URL (expected e.g. sqlite:///studies/autotune.db or journal:PATH)")
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        with storage_lock(url):  # two runs creating one SQLite file at once race on its schema (alembic_version)
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StorageError(f"cannot open storage {url!r}: {first_line}") from exc

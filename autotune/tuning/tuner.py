@@ -12,6 +12,7 @@ repetitions, and re-checked on fresh inputs: timing noise picks different winner
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import statistics
 import time
@@ -125,7 +126,8 @@ def _idle_queue(workers) -> queue.Queue:
 
 
 def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSettings, report: StudyReport,
-               on_trial=None, compilers=(), log=None, fingerprint_id: str | None = None) -> None:
+               on_trial=None, compilers=(), log=None, fingerprint_id: str | None = None,
+               lock=contextlib.nullcontext) -> None:
     """Ask/evaluate/tell until the budget is spent, the time limit passes, the space is exhausted or the ask cap is
     reached (:class:`autotune.tuning.budget.Budget`); queued configs always run. Sets ``report.stop_reason``.
 
@@ -146,6 +148,8 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
         compilers: compile-only workers.
         log: called with ``(trial number, Result)`` for every result that carries worker output (compiler noise).
         fingerprint_id: stored on each trial; only trials measured under it answer a repeated config.
+        lock: a context-manager factory held while the budget is checked and a trial asked and claimed
+            (:func:`autotune.tuning.storage.storage_lock` when other processes may share the storage).
     """
     configs = enumerate_configs(space.params, EXHAUSTIVE_LIMIT)
     budget = Budget(settings.n_trials, settings.timeout_s,
@@ -164,12 +168,17 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
             counts = StudyCounts.read(study)
             reason = budget.blocker(counts)
             while len(pending) < max_in_flight and reason is None:
-                budget.asks += 1
-                trial = study.ask()
-                config = space.suggest(trial)
-                study_mod.claim(trial, config)
-                if fingerprint_id:
-                    trial.set_user_attr("fingerprint_id", fingerprint_id)
+                with lock():  # check and ask as one step: another run on the storage cannot ask in between
+                    counts = StudyCounts.read(study)
+                    reason = budget.blocker(counts)
+                    if reason is not None:
+                        break
+                    budget.asks += 1
+                    trial = study.ask()
+                    config = space.suggest(trial)
+                    study_mod.claim(trial, config)
+                    if fingerprint_id:
+                        trial.set_user_attr("fingerprint_id", fingerprint_id)
                 finished = _answer_without_running(study, trial, config, space, shape, device, report, fingerprint_id)
                 if finished is None:
                     job = _job(key, config, settings, seed=study_seed(settings.seed, key.name) + trial.number)

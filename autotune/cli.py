@@ -58,7 +58,8 @@ def _parse_gpus(text: str | None, available: int) -> tuple[int, ...]:
 def cmd_run(*, kernel: str, preset: str | None, shapes: str | None, variants: str | None, trials: int | None,
             timeout: float | None, storage: str, sampler: str, seed: int, enqueue: Sequence[str], table: str,
             no_export: bool, gpus: str | None, trial_timeout: float, finalists: int, dtype: str | None,
-            compile_workers: int | None, ray: str | None = None, ray_actors: int | None = None) -> int:
+            compile_workers: int | None, ray: str | None = None, ray_actors: int | None = None,
+            no_warm_start: bool = False) -> int:
     """Tune a kernel over a preset's shapes; export the winners (over a Ray cluster with ``ray``)."""
     from autotune.tuning import presets
     from autotune import registry
@@ -111,7 +112,7 @@ def cmd_run(*, kernel: str, preset: str | None, shapes: str | None, variants: st
                          gpus=_parse_gpus(gpus, gpu_count) if not interpreter and ray is None else (),
                          interpreter=interpreter, ray=ray_settings,
                          compile_workers=defaults.compile_workers() if compile_workers is None else compile_workers,
-                         settings=settings)
+                         settings=settings, warm_start=not no_warm_start)
     reports = run(request)
     print(summarize(reports))
     return 0
@@ -203,8 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
                      f"{defaults.GPU_PRESET}; {defaults.CPU_PRESET} without a GPU)")
     run.add_argument("--shapes", help='override shape values, e.g. "M=1,16,256"')
     run.add_argument("--variants", help="comma-separated subset of the preset's variants")
-    run.add_argument("--trials", type=int, help="measured trials per study (default: the preset's)")
-    run.add_argument("--timeout", type=float, help="seconds per study for new trials (default: the preset's)")
+    run.add_argument("--trials", type=int, help="measured (completed) trials per study; pruned, failed and repeated "
+                     "configs do not count (default: the preset's)")
+    run.add_argument("--timeout", type=float, help="seconds per study for new trials (default: the preset's "
+                     "timeout_s, else no time limit)")
     storage_arg(run)
     run.add_argument("--sampler", default=defaults.SAMPLER, choices=SAMPLERS, help="Optuna sampler (default: tpe)")
     run.add_argument("--seed", type=int, default=defaults.SEED, help="sampler seed (default: %(default)s)")
@@ -226,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compile-workers", type=int,
                      help="processes compiling configs ahead of the GPU workers (default: half the CPU cores, at "
                           f"most {defaults.MAX_COMPILE_WORKERS}; none without a GPU)")
+    run.add_argument("--no-warm-start", action="store_true",
+                     help="do not queue the winners of neighbouring shapes and old winners before the sampler")
     run.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
                      help=f"activation dtype (default: {defaults.GPU_DTYPE} on GPUs, {defaults.CPU_DTYPE} on CPU)")
 

@@ -193,6 +193,20 @@ def _frontend_compile(constexprs: dict[str, Any]) -> None:
         triton.compile(source, target=GPUTarget("cuda", 90, 32))
 
 
+NOISE_ENV = "FAULT_KERNEL_NOISE_LINES"
+"""With this variable set to N, every launch (and compile-only launch) first writes N lines that look like an MLIR
+dump straight to file descriptor 2, as Triton's C++ compiler does, bypassing ``sys.stderr``."""
+NOISE_MARK = "fault-kernel-mlir-noise"
+
+
+def _compiler_noise() -> None:
+    lines = int(os.environ.get(NOISE_ENV, "0") or 0)
+    if lines:
+        text = "".join(f"// {NOISE_MARK} line {i}: %{i} = tt.load %arg0 : tensor<64x!tt.ptr<f32>>\n"
+                       for i in range(lines))
+        os.write(2, text.encode())
+
+
 @dataclass(frozen=True)
 class FaultLaunch:
     """One launch of the kernel, with the host-side faults (sleep, hang, crash, CUDA error) around it."""
@@ -208,6 +222,7 @@ class FaultLaunch:
 
     def run(self, *, compile_only: bool = False) -> Any:
         mode = self.config.mode
+        _compiler_noise()
         if compile_only:
             if _interpreting():
                 if mode == "compile_error":

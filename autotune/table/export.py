@@ -1,7 +1,7 @@
 """From studies to the lookup table: the best config of every study as a :class:`autotune.table.TableEntry`.
 
-The best config is the fastest re-timed finalist when the study has finalists (re-checked on fresh inputs, timed
-interleaved with the default), else its best COMPLETE trial; the default's figure comes from the same source so the
+The best config is the fastest re-timed finalist when the study has current finalists (re-checked on fresh inputs,
+timed interleaved with the default, after its last measured trial), else its best COMPLETE trial; the default's figure comes from the same source so the
 speedup compares like with like.
 """
 
@@ -27,11 +27,20 @@ def _load_studies(storage):
 
 
 def best_entry(key, study) -> TableEntry | None:
-    """The table entry of one study, or None if it has no successful trial."""
+    """The winner of one study as a table entry, or None if it has no successful trial.
+
+    The one function that decides a study's winner: ``run`` exports it, ``export`` merges it, ``show`` prints it,
+    and a warm start takes a neighbour's config from it. Finalists decide when they were re-timed after the study's
+    last measured trial; otherwise (another run added trials since) the best COMPLETE trial does.
+    """
     from optuna.trial import TrialState
 
     attrs = study.user_attrs
     finalists = attrs.get("finalists") or []
+    if finalists and attrs.get("finalists_after_trial") is not None and attrs["finalists_after_trial"] < max(
+            (t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+             if "duplicate_of" not in t.user_attrs), default=-1):
+        finalists = []  # measured trials came after the re-timing (another run): they decide until it re-times
     if finalists:
         best = finalists[0]
         default = next((f for f in finalists if f["is_default"]), None)

@@ -36,7 +36,8 @@ Merge rule
 entry by key: an absent key is *added*; a present key whose stored entry has a different ``fingerprint`` (tuned
 under another driver, Triton, torch or kernel source) is *replaced*, even if the stored numbers are faster, because
 they are stale; with the same fingerprint the entry with the lower ``median_us`` is *kept* (ties keep the stored
-one).
+one), except that a newer entry of the same study replaces (the study decided again, over more trials or re-timed
+finalists: the table then says what ``show`` says).
 
 The runtime lookup that serves a table is :mod:`autotune.table.lookup`.
 """
@@ -303,7 +304,8 @@ class ConfigTable:
         """Merge freshly tuned entries into one device's section (in memory; call :meth:`save` to write).
 
         Per key: absent → added; present with a different fingerprint → replaced (stale, even if faster); same
-        fingerprint → the entry with the lower ``median_us`` wins (ties keep the stored one). Several new entries
+        fingerprint → the entry with the lower ``median_us`` wins (ties keep the stored one), unless the new entry
+        comes from the same study with a later ``tuned_at`` (then it replaces: the study's current winner). Several new entries
         with one key are merged one after another; the report classifies each key once, against the table as it
         was before the call. ``device_info`` replaces the stored device info.
 
@@ -339,7 +341,8 @@ class ConfigTable:
         for entry in new_entries:
             key = entry.key
             old = section.get(key)
-            if old is None or old.fingerprint != entry.fingerprint or entry.median_us < old.median_us:
+            if (old is None or old.fingerprint != entry.fingerprint or entry.median_us < old.median_us
+                    or (old.study == entry.study and entry.tuned_at > old.tuned_at)):
                 section[key] = entry
         self.devices[device_key] = copy.deepcopy(dict(device_info))
 

@@ -8,6 +8,9 @@ from tqdm import tqdm
 
 from autotune.tuning.tuner import measured_count
 
+FAILED_LINE_CHARS = 200
+"""A failed trial's line on the terminal is cut to this many characters (the full text is on the trial)."""
+
 
 class StudyProgress:
     """Progress of one study: measured trials against the budget, best and default median µs so far."""
@@ -42,10 +45,16 @@ class StudyProgress:
         self.bar.set_postfix(parts, refresh=True)
 
     def update(self, trial) -> None:
-        """Account for a finished trial."""
+        """Account for a finished trial; a failed one gets one line (its first error line), never more."""
+        from optuna.trial import TrialState
+
         self._see(trial)
-        if "duplicate_of" not in trial.user_attrs and trial.user_attrs.get("kind") != "pruned":
+        if trial.state == TrialState.COMPLETE and "duplicate_of" not in trial.user_attrs:
             self.bar.update(1)
+        elif trial.state == TrialState.FAIL:
+            first = (trial.user_attrs.get("error") or "").strip().splitlines()[:1]
+            line = f"  {self.name} trial {trial.number} failed: {trial.user_attrs.get('kind')}"
+            tqdm.write(f"{line}: {first[0]}"[:FAILED_LINE_CHARS] if first else line, file=sys.stderr)
         self._refresh()
 
     def note(self, text: str) -> None:
@@ -65,5 +74,6 @@ class StudyProgress:
         if report.precompiled:
             ahead = f", compiled ahead {report.precompiled.count('ok')}/{len(report.precompiled)}"
         print(f"{self.name}: best {best}, default {default}{speed}; this run {report.measured} measured, "
-              f"{report.pruned} pruned, {report.failed} failed, {report.duplicates} repeats{ahead}", file=sys.stderr,
+              f"{report.pruned} pruned, {report.failed} failed, {report.duplicates} repeats{ahead}"
+              f"{'; ' + report.stop_reason if report.stop_reason else ''}", file=sys.stderr,
               flush=True)

@@ -73,6 +73,9 @@ class Result:
             interpreter) and ``device_key``; stored flat on the trial like ``nvml``.
         lost: True when the infrastructure cut the evaluation, not the config (a Ray actor or its node went away
             mid-trial): the trial fails, uses no budget and its config is queued again. None otherwise.
+        output: what the worker process wrote to stdout/stderr during the job (compiler diagnostics, MLIR dumps;
+            bounded by :data:`autotune.tuning.capture.MAX_OUTPUT_BYTES`); goes to the log file, and an excerpt of
+            it to the trial's ``error`` when the job failed.
     """
 
     kind: Kind
@@ -97,6 +100,7 @@ class Result:
     nvml: dict[str, Any] = field(default_factory=dict)
     where: dict[str, Any] = field(default_factory=dict)
     lost: bool | None = None
+    output: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -104,12 +108,17 @@ class Result:
         return self.kind is Kind.OK
 
     def trial_attrs(self) -> dict[str, Any]:
-        """The user attributes a trial stores: every field that is set except the traceback, ``kind`` as its value
-        string, and the NVML readings and the placement flattened (``sm_clock_mhz``, ``temperature_c``, ...,
-        ``node``, ``gpu``, ``device_key``)."""
+        """The user attributes a trial stores: every field that is set except the traceback and the worker output,
+        ``kind`` as its value string, and the NVML readings and the placement flattened (``sm_clock_mhz``,
+        ``temperature_c``, ..., ``node``, ``gpu``, ``device_key``). A failed job's ``error`` ends with an excerpt of
+        the worker output (first and last lines, bounded)."""
         attrs = {name: value for name, value in asdict(self).items()
-                 if value is not None and name not in ("traceback", "nvml", "where")}
+                 if value is not None and name not in ("traceback", "nvml", "where", "output")}
         attrs["kind"] = self.kind.value
+        if not self.ok and self.output and self.output.strip():
+            from autotune.tuning.capture import excerpt
+
+            attrs["error"] = f"{self.error or self.kind.value}\n--- worker output ---\n{excerpt(self.output)}"
         attrs.update(self.nvml)
         attrs.update({name: value for name, value in self.where.items() if value is not None})
         return attrs

@@ -1,8 +1,10 @@
 """``autotune run``: tune every study of a preset, exporting each winner to the table as soon as it is known.
 
 Order of work: start the workers (they report the device) → for each (variant, shape) of the preset: open or resume
-its study, fail and re-queue interrupted trials, queue the default config (trial 0 of a new study) and the user's
-configs, run trials to the budget, re-time the finalists → merge the winner into the table. A study already at its
+its study, fail and re-queue interrupted trials, queue the default config (trial 0 of a new study), the user's
+configs and the warm start (old winners under a new fingerprint, neighbouring shapes' winners), run trials to the
+budget, re-time the finalists → merge the winner into the table. Worker output (compiler diagnostics) goes to the
+trials and to ``<storage>.worker.log`` beside a file storage, never to the terminal. A study already at its
 budget whose finalists were measured under the current fingerprint is skipped, so re-running a finished command
 costs seconds.
 """
@@ -26,7 +28,9 @@ from autotune.errors import ConfigError
 from autotune.table.export import best_entry
 from autotune.tuning.pool import WorkerPool
 from autotune.tuning.progress import StudyProgress
-from autotune.tuning.storage import make_sampler, open_storage
+from autotune.tuning import warm_start
+from autotune.tuning.capture import append_log
+from autotune.tuning.storage import make_sampler, open_storage, storage_lock, worker_log_path
 from autotune.table import TableEntry, update_table
 from autotune.tuning.tuner import StudyReport, TuneSettings, finalists_current, retime_finalists, run_trials, study_seed
 
@@ -47,6 +51,7 @@ class RunRequest:
     compile_workers: int
     settings: TuneSettings
     ray: Any = None  # autotune.tuning.ray_pool.RaySettings with --ray, else None (and Ray is never imported)
+    warm_start: bool = True
 
 
 def _log(message: str) -> None:
@@ -130,27 +135,62 @@ def _tune_one(key, space, user_configs, pool, device, fingerprint, storage, requ
     if report.recovered:
         _log(f"{key.name}: re-queued {len(report.recovered)} trial(s) interrupted by a killed run "
              f"{report.recovered}")
-    study_mod.enqueue(study, space, space.default, source="default")
-    for config in user_configs:
-        study_mod.enqueue(study, space, config, source="user")
-    for start in warm:
-        study_mod.enqueue(study, space, start.config, source=start.source, **start.attrs)
+    with storage_lock(request.storage_url):  # two runs on one storage: the default (and the rest) queued once
+        queued = _enqueue_start(study, storage, key, space, device, user_configs, fingerprint, request)
+        for start in warm:  # a re-tune's old winner and its neighbours (autotune.tuning.retune)
+            if study_mod.enqueue(study, space, start.config, source=start.source, again=start.retime, **start.attrs):
+                queued.append(start.attrs.get("enqueued_from", start.source))
+    if queued:
+        _log(f"{key.name}: queued {', '.join(queued)}")
+    log_path = worker_log_path(request.storage_url)
+
+    def log(number: int, result) -> None:
+        append_log(log_path, f"{key.name} trial {number} {result.kind.value}", result.output)
+
     progress = StudyProgress(study, key.name, settings.n_trials)
     try:
         run_trials(study, key, space, device, pool.workers, settings, report, on_trial=progress.update,
-                   compilers=pool.compilers)
-        if settings.finalists and not finalists_current(study, fingerprint):
-            progress.note("re-timing finalists")
-            report.finalists = retime_finalists(study, key, pool.workers, settings, fingerprint,
-                                                also=frozenset(config_hash(w.config) for w in warm if w.retime))
+                   compilers=pool.compilers, log=log, fingerprint_id=fingerprint_mod.fingerprint_id(fingerprint),
+                   lock=lambda: storage_lock(request.storage_url))
+        with storage_lock(request.storage_url):  # a second run on the storage finds them current and exports the same
+            if settings.finalists and not finalists_current(study, fingerprint):
+                progress.note("re-timing finalists")
+                report.finalists = retime_finalists(study, key, pool.workers, settings, fingerprint,
+                                                    also=frozenset(config_hash(w.config) for w in warm if w.retime))
+            entry = best_entry(key, study)
     finally:
         progress.close()
-    entry = best_entry(key, study)
     notes.save_study_note(study, entry)
     if entry is not None:
         report.best_us, report.default_us = entry.median_us, entry.default_median_us
     progress.summary(report)
     return report, entry
+
+
+
+def _enqueue_start(study, storage, key, space, device, user_configs, fingerprint, request: RunRequest) -> list[str]:
+    """Queue, in this order and each config once: the default, the user's configs, the old winners to measure again
+    under a new fingerprint, the neighbouring shapes' winners (:mod:`autotune.tuning.warm_start`).
+
+    Returns:
+        ``enqueued_from`` labels of what was queued now.
+    """
+    queued = []
+    if study_mod.enqueue(study, space, space.default, source="default"):
+        queued.append("default")
+    for config in user_configs:
+        if study_mod.enqueue(study, space, config, source="user"):
+            queued.append("user")
+    if request.warm_start:
+        for item in warm_start.old_winners(study, storage, key, space, fingerprint):
+            if study_mod.enqueue(study, space, item.config, source="warm_start", enqueued_from=item.origin,
+                                 again=item.origin == "old_winner"):
+                queued.append(item.origin)
+        if not study_mod.known_config_hashes(study) - {config_hash(space.default)}:  # a new study
+            for item in warm_start.neighbour_winners(storage, key, space, device, table_path=request.table):
+                if study_mod.enqueue(study, space, item.config, source="warm_start", enqueued_from=item.origin):
+                    queued.append(item.origin)
+    return queued
 
 
 def summarize(reports: Sequence[StudyReport]) -> str:

@@ -154,3 +154,27 @@ def space_size(params: Sequence[Param]) -> int:
     for param in params:
         size *= len(param.choices)
     return size
+
+
+def enumerate_configs(params: Sequence[Param], limit: int) -> list[Config] | None:
+    """Every config of a space (inactive parameters at their ``inactive`` value), in parameter order.
+
+    Args:
+        params: the space's parameters (a ``when`` may only read earlier ones).
+        limit: give up (return None) when :func:`space_size` exceeds this; enumeration is exact below it.
+
+    Returns:
+        The distinct configs, or None for a space too large to list.
+    """
+    if space_size(params) > limit:
+        return None
+    configs: list[Config] = [{}]
+    for param in params:
+        grown: list[Config] = []
+        for partial in configs:
+            if param.active(partial):
+                grown.extend({**partial, param.name: choice} for choice in param.choices)
+            else:
+                grown.append({**partial, param.name: param.inactive})
+        configs = grown
+    return configs

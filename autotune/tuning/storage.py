@@ -8,7 +8,10 @@ as does a JournalStorage file given as ``journal:PATH``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from autotune.errors import StorageError, UserError
@@ -41,7 +44,8 @@ def open_storage(url: str):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         if "://" not in url:
             raise ValueError("not a storage URL (expected e.g. sqlite:///studies/autotune.db or journal:PATH)")
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        with storage_lock(url):  # two runs creating one SQLite file at once race on its schema (alembic_version)
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StorageError(f"cannot open storage {url!r}: {first_line}") from exc
@@ -78,3 +82,45 @@ def make_sampler(name: str, seed: int, n_trials: int):
         return factories[name]()
     except ImportError as exc:
         raise UserError(f"sampler {name!r} needs a package that is not installed: {exc}") from exc
+
+
+def _file_of(url: str) -> Path | None:
+    """The file behind a SQLite or journal URL, None for a database server."""
+    if url.startswith("journal:"):
+        return Path(url[len("journal:"):])
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):])
+    return None
+
+
+def storage_folder(url: str) -> Path:
+    """The folder of a file storage (SQLite, journal); ``studies/`` for a database server."""
+    from autotune.defaults import STUDIES_DIR
+
+    path = _file_of(url)
+    return path.parent if path is not None else STUDIES_DIR
+
+
+def worker_log_path(url: str) -> Path:
+    """The log file that collects the worker output (compiler diagnostics) of every trial run on this storage."""
+    path = _file_of(url)
+    name = f"{path.name}.worker.log" if path is not None else "worker.log"
+    return storage_folder(url) / name
+
+
+@contextlib.contextmanager
+def storage_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive lock shared by every tuner process on this host using the same file storage, while a
+    check-then-write step runs (queueing the default config once). A database server gets no lock: the tuner's
+    repeat check before dispatch still measures each config once there."""
+    path = _file_of(url)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

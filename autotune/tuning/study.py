@@ -177,23 +177,28 @@ def _queued_hashes(study, space: SearchSpace) -> set[str]:
     return hashes
 
 
-def enqueue(study, space: SearchSpace, config: Config, source: str, **attrs: Any) -> bool:
-    """Queue a (validated) config unless an identical one was already run or queued.
+def enqueue(study, space: SearchSpace, config: Config, source: str, *, enqueued_from: str | None = None,
+            again: bool = False, **attrs: Any) -> bool:
+    """Queue a (validated) config unless an identical one was already run or queued (``again``: unless queued; for
+    configs to measure again under a new fingerprint).
 
     Args:
         study: the ``optuna.Study``.
         space: its search space.
         config: the config.
-        source: where it comes from (the trial's ``source`` user attribute: default, user, old_winner...).
-        attrs: more user attributes of the queued trial (e.g. ``enqueued_from``), JSON values.
+        source: where it comes from (the trial's ``source`` user attribute: default, user, warm_start, old_winner...).
+        enqueued_from: the trial's ``enqueued_from`` (default: ``source``), e.g. "neighbour:M=16".
+        again: queue it even if an identical config was already measured.
+        attrs: more user attributes of the queued trial, JSON values.
 
     Returns:
         True if it was queued.
     """
     digest = config_hash(config)
-    if digest in known_config_hashes(study) | _queued_hashes(study, space):
+    if digest in _queued_hashes(study, space) or (not again and digest in known_config_hashes(study)):
         return False
-    study.enqueue_trial(space.optuna_params(config), user_attrs={**attrs, "source": source})
+    study.enqueue_trial(space.optuna_params(config),
+                        user_attrs={**attrs, "source": source, "enqueued_from": enqueued_from or source})
     return True
 
 
@@ -253,6 +258,15 @@ def record_duplicate(study, trial, original) -> Any:
         if name in original.user_attrs:
             trial.set_user_attr(name, original.user_attrs[name])
     return study.tell(trial, original.value)
+
+
+def record_repeat(study, trial, original, reason: str):
+    """Prune a trial whose config another trial of the study already failed with, or is measuring right now (no
+    second measurement, no budget): ``duplicate_of`` names that trial, ``pruned_reason`` says why."""
+    trial.set_user_attr("kind", Kind.PRUNED.value)
+    trial.set_user_attr("duplicate_of", original.number)
+    trial.set_user_attr("pruned_reason", reason)
+    return study.tell(trial, state=trial_state(Kind.PRUNED))
 
 
 def set_finalists(study, finalists: list[dict[str, Any]], fingerprint: dict[str, Any], *, after_trial: int) -> None:

@@ -2,8 +2,9 @@
 
 A trial's path: ``study.ask()`` → the search space turns it into a config (:meth:`SearchSpace.suggest`) → the
 constraints may prune it with a reason (no compile) → a config already measured in this study is answered from the
-earlier trial → otherwise a worker compiles, checks and times it → :func:`autotune.tuning.study.record_result`. The budget
-(``n_trials``) counts measured trials (COMPLETE or FAIL) across runs, so a resumed study runs only what is missing.
+earlier trial (one that failed is not tried again) → otherwise a worker compiles, checks and times it →
+:func:`autotune.tuning.study.record_result`. The budget (``n_trials``) counts measured COMPLETE trials in the storage
+(:mod:`autotune.tuning.budget`), so a resumed study runs only what is missing and two runs on one storage share it.
 After the loop the best few configs and the default config are re-timed together, interleaved, with longer
 repetitions, and re-checked on fresh inputs: timing noise picks different winners run to run otherwise
 (Megatron-LM#6966, helion#2377).
@@ -11,25 +12,31 @@ repetitions, and re-checked on fresh inputs: timing noise picks different winner
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import statistics
 import time
 import zlib
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 from autotune.errors import ClusterError
 from autotune.tuning import study as study_mod
-from autotune.tuning.outcomes import UNCOUNTED, Kind
+from autotune.tuning.budget import Budget, StopReason, StudyCounts, completed_count
+from autotune.tuning.outcomes import Kind
 from autotune.tuning.records import ENTRY_METRICS, Job, Result
-from autotune.tuning.space import Config, SearchSpace, config_hash
+from autotune.tuning.space import Config, SearchSpace, config_hash, enumerate_configs
 
 COMPILE_AHEAD = 2
 """Trials per evaluation worker compiled ahead of it (H100, 2026-11-21: compile ~1 s, check + time ~1 s)."""
 
-MAX_ASKS_PER_TRIAL = 20
-"""Give up asking after this many asks per budgeted trial (pruned and duplicate configs cost asks, not budget)."""
+EXHAUSTIVE_LIMIT = 200_000
+"""Spaces with at most this many configs (before conditions) are listed, so that a study can end as exhausted."""
+
+OTHERS_POLL_S = 0.5
+"""Poll interval while the rest of a study's budget is being measured by another process."""
 
 
 @dataclass(frozen=True)
@@ -37,8 +44,8 @@ class TuneSettings:
     """Knobs of one tuning run (defaults live in :mod:`autotune.cli`, nowhere else).
 
     Attributes:
-        n_trials: measured trials per study (COMPLETE + FAIL, across runs).
-        timeout_s: wall-clock limit per study for new trials (None: none).
+        n_trials: measured trials per study (COMPLETE, not repeats, across runs and processes on one storage).
+        timeout_s: wall-clock limit per study for new trials (None: no time limit).
         trial_timeout_s: limit for one compile + check + time.
         dtype: activation dtype name.
         rep_ms: timed milliseconds per trial measurement.
@@ -75,6 +82,7 @@ class StudyReport:
     finalists: list[dict[str, Any]] = field(default_factory=list)
     lost: int = 0
     places: set[tuple[str, Any]] = field(default_factory=set)
+    stop_reason: str = ""
 
 
 def study_seed(seed: int, name: str) -> int:
@@ -83,30 +91,8 @@ def study_seed(seed: int, name: str) -> int:
 
 
 def measured_count(study) -> int:
-    """Trials that used budget: measured (COMPLETE or FAIL), not repeats, not interrupted by a killed run, not cut
-    by a lost Ray actor or node (``lost``)."""
-    from optuna.trial import TrialState
-
-    uncounted = {kind.value for kind in UNCOUNTED}
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-               if "duplicate_of" not in t.user_attrs and t.user_attrs.get("kind") not in uncounted
-               and not t.user_attrs.get("lost"))
-
-
-def _has_queued(study) -> bool:
-    from optuna.trial import TrialState
-
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-
-
-def _completed_by_hash(study) -> dict[str, Any]:
-    from optuna.trial import TrialState
-
-    out = {}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if "duplicate_of" not in trial.user_attrs:
-            out.setdefault(trial.user_attrs.get("config_hash"), trial)
-    return out
+    """Trials that used budget: measured COMPLETE trials, not repeats (see :mod:`autotune.tuning.budget`)."""
+    return completed_count(study)
 
 
 def _job(key, config: Config, settings: TuneSettings, seed: int, **extra) -> Job:
@@ -124,6 +110,7 @@ def _evaluate_pipeline(job: Job, timeout_s: float, compilers: queue.Queue | None
     Raises:
         ClusterError: no evaluation worker is left.
     """
+    ahead = None
     if compilers is not None:
         compiler = compilers.get()
         try:
@@ -137,12 +124,15 @@ def _evaluate_pipeline(job: Job, timeout_s: float, compilers: queue.Queue | None
         raise ClusterError("every evaluation worker is gone (their Ray nodes left the cluster); the storage is "
                            "resumable: rerun the same command when GPUs are back")
     try:
-        return worker.evaluate(job, timeout_s)
+        result = worker.evaluate(job, timeout_s)
     finally:
         if not worker.retired:
             evaluators.put(worker)
         elif all(other.retired for other in workers):
             evaluators.put(None)
+    if ahead is not None and ahead.output and not result.output:  # the compiler spoke in the compile worker
+        result = replace(result, output=ahead.output)
+    return result
 
 
 def _idle_queue(workers) -> queue.Queue:
@@ -153,11 +143,15 @@ def _idle_queue(workers) -> queue.Queue:
 
 
 def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSettings, report: StudyReport,
-               on_trial=None, compilers=()) -> None:
-    """Ask/evaluate/tell until the budget, the timeout or the ask limit is reached; queued configs always run.
+               on_trial=None, compilers=(), log=None, fingerprint_id: str | None = None,
+               lock=contextlib.nullcontext) -> None:
+    """Ask/evaluate/tell until the budget is spent, the time limit passes, the space is exhausted or the ask cap is
+    reached (:class:`autotune.tuning.budget.Budget`); queued configs always run. Sets ``report.stop_reason``.
 
     Up to ``len(workers) · (1 + COMPILE_AHEAD)`` trials are in flight: each is compiled by a free compile worker,
-    then checked and timed by a free evaluation worker.
+    then checked and timed by a free evaluation worker. Before dispatch, a config that this study already measured is
+    answered from that trial, one that already failed or is being measured by another trial (another ``run`` on
+    the same storage, say) is pruned as a repeat; neither costs budget.
 
     Args:
         study: the ``optuna.Study``.
@@ -169,11 +163,14 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
         report: updated in place.
         on_trial: called with each finished ``FrozenTrial`` (progress display).
         compilers: compile-only workers.
+        log: called with ``(trial number, Result)`` for every result that carries worker output (compiler noise).
+        fingerprint_id: stored on each trial; only trials measured under it answer a repeated config.
+        lock: a context-manager factory held while the budget is checked and a trial asked and claimed
+            (:func:`autotune.tuning.storage.storage_lock` when other processes may share the storage).
     """
-    deadline = time.monotonic() + settings.timeout_s if settings.timeout_s else None
-    completed = _completed_by_hash(study)
-    measured = measured_count(study)
-    asks = 0
+    configs = enumerate_configs(space.params, EXHAUSTIVE_LIMIT)
+    budget = Budget(settings.n_trials, settings.timeout_s,
+                    space_configs=None if configs is None else len({config_hash(c) for c in configs}))
     pending: dict = {}
     shape = key.shape_dict
     evaluators = _idle_queue(workers)
@@ -181,41 +178,49 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
     # Compiling ~COMPILE_AHEAD trials per GPU ahead keeps the GPU busy; a deeper queue only delays the stop at the
     # study's deadline (every trial in flight then still runs) and feeds the sampler staler information.
     max_in_flight = len(workers) + min(len(compilers), COMPILE_AHEAD * len(workers))
-
-    def may_ask() -> bool:
-        # Queued configs (default, --enqueue, re-queued after a kill) run even past the budget: they were asked for.
-        within_budget = measured + len(pending) < settings.n_trials or _has_queued(study)
-        return (within_budget and asks < MAX_ASKS_PER_TRIAL * settings.n_trials
-                and (deadline is None or time.monotonic() < deadline))
+    stale_after = timedelta(seconds=3 * settings.trial_timeout_s + 60)
 
     with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="trial") as executor:
         while True:
-            while len(pending) < max_in_flight and may_ask():
-                asks += 1
-                trial = study.ask()
-                config = space.suggest(trial)
-                study_mod.claim(trial, config)
-                reason = space.check(config, shape, device)
-                if reason:
-                    finished = study_mod.record_pruned(study, trial, reason)
-                    report.pruned += 1
-                elif config_hash(config) in completed:
-                    finished = study_mod.record_duplicate(study, trial, completed[config_hash(config)])
-                    report.duplicates += 1
-                else:
+            counts = StudyCounts.read(study)
+            reason = budget.blocker(counts)
+            while len(pending) < max_in_flight and reason is None:
+                with lock():  # check and ask as one step: another run on the storage cannot ask in between
+                    counts = StudyCounts.read(study)
+                    reason = budget.blocker(counts)
+                    if reason is not None:
+                        break
+                    budget.asks += 1
+                    trial = study.ask()
+                    config = space.suggest(trial)
+                    study_mod.claim(trial, config)
+                    if fingerprint_id:
+                        trial.set_user_attr("fingerprint_id", fingerprint_id)
+                finished = _answer_without_running(study, trial, config, space, shape, device, report, fingerprint_id)
+                if finished is None:
                     job = _job(key, config, settings, seed=study_seed(settings.seed, key.name) + trial.number)
                     future = executor.submit(_evaluate_pipeline, job, settings.trial_timeout_s, compile_queue,
                                              evaluators, workers, report)
                     pending[future] = trial
-                    continue
-                if on_trial:
+                elif on_trial:
                     on_trial(finished)
+                counts = StudyCounts.read(study)
+                reason = budget.blocker(counts)
             if not pending:
+                if reason is StopReason.TRIALS and counts.completed < settings.n_trials:
+                    # the budget is held by trials another process is running: wait for them (they may fail and free
+                    # budget); trials of a process that died are failed and re-queued once stale
+                    time.sleep(OTHERS_POLL_S)
+                    study_mod.recover_interrupted(study, stale_after)
+                    continue
+                report.stop_reason = budget.describe(reason, counts)
                 return
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 trial = pending.pop(future)
                 result = future.result()
+                if log is not None and result.output:
+                    log(trial.number, result)
                 finished = study_mod.record_result(study, trial, result)
                 if result.where:  # (node, device): a Ray node id or the host name; the Ray worker or the GPU
                     where = result.where
@@ -224,14 +229,31 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
                     report.lost += 1
                     study_mod.requeue(study, finished)
                 elif finished.user_attrs.get("kind") == Kind.OK.value:
-                    measured += 1
                     report.measured += 1
-                    completed.setdefault(finished.user_attrs["config_hash"], finished)
                 else:
-                    measured += 1
                     report.failed += 1
                 if on_trial:
                     on_trial(finished)
+
+
+def _answer_without_running(study, trial, config: Config, space: SearchSpace, shape, device, report: StudyReport,
+                            fingerprint_id: str | None):
+    """Finish a just-claimed trial that needs no worker (constraint, or a config this study already has); returns the
+    finished trial, or None when the config must be measured."""
+    reason = space.check(config, shape, device)
+    if reason:
+        report.pruned += 1
+        return study_mod.record_pruned(study, trial, reason)
+    from optuna.trial import TrialState
+
+    earlier = StudyCounts.read(study, fingerprint_id).first_by_hash.get(config_hash(config))
+    if earlier is None or earlier.number == trial.number:
+        return None
+    report.duplicates += 1
+    if earlier.state == TrialState.COMPLETE:
+        return study_mod.record_duplicate(study, trial, earlier)
+    what = "is being measured" if earlier.state == TrialState.RUNNING else f"failed ({earlier.user_attrs.get('kind')})"
+    return study_mod.record_repeat(study, trial, earlier, f"same config as trial {earlier.number}, which {what}")
 
 
 def _finalist_candidates(study, count: int, also: frozenset[str] = frozenset()) -> list[Any]:

@@ -17,6 +17,7 @@ import socket
 import time
 from dataclasses import replace
 
+from autotune.tuning.capture import capture_fds
 from autotune.tuning.outcomes import STICKY, Kind
 from autotune.tuning.records import Job, Result
 
@@ -54,7 +55,10 @@ def _worker_main(conn, env: dict[str, str], parent_pid: int) -> None:
             return
         if job is None:
             return
-        result = evaluator.precompile(job) if job.compile_only else evaluator.evaluate(job)
+        with capture_fds() as captured:  # compiler noise goes to the trial and the log, not the terminal
+            result = evaluator.precompile(job) if job.compile_only else evaluator.evaluate(job)
+        if captured.text.strip():
+            result = replace(result, output=captured.text)
         try:
             conn.send(result)
         except (BrokenPipeError, OSError):

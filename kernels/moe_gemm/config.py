@@ -88,7 +88,8 @@ class MoeGemmConfig:
         path: "mma" (tensor-core tiles) or "gemv" (CUDA-core dot products for few rows per expert); see
             :data:`PATHS`.
         BLOCK_M: routed rows per tile (path "mma": power of two ≥ 16, the smallest tl.dot M; path "gemv": power of
-            two in 1..16, the rows of one expert a program multiplies with each decoded weight tile).
+            two in 1..16, the most rows of one expert a program multiplies with each decoded weight tile; its loop
+            runs over the real rows only, so the default 16 covers an expert's rows in one program).
         BLOCK_N: output features per tile (power of two ≥ 16).
         BLOCK_K: reduction step (power of two, multiple of the MXFP4 group 32).
         GROUP_M: row blocks that sweep the N blocks together (L2 reuse of weight tiles; path "mma" only, must be 1

@@ -8,11 +8,12 @@ and ``is_gpu`` (``autotune.device.DeviceProfile`` is one); ``None`` means "no de
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from kernels import next_pow2
-from kernels.moe_gemm.config import MoeGemmConfig
+from kernels.moe_gemm.config import GEMV_MAX_BLOCK_M, MoeGemmConfig
 
 
 def rows_per_expert(shape: Mapping[str, int]) -> float:
@@ -32,8 +33,47 @@ def estimated_shared_bytes(config: Mapping[str, Any], act_bytes: int = 2) -> int
     return max(1, config["num_stages"]) * per_stage
 
 
+GEMV_ROWS_PER_EXPERT = 2.0
+"""Largest mean rows per expert at which the default is the gemv path (gpt-oss-20b: M <= 16; 120b: M <= 64). A
+first guess before measuring (the gemv's FMAs grow with the rows while an MMA tile of 16 rows costs the same for 1 or
+16); scripts/bench_moe_variants.py times both paths' defaults at each M, which is how it is to be revised."""
+
+GEMV_BLOCK_N = 16
+"""Output columns per gemv program: 16 weight rows × BLOCK_K/2 bytes per K step, so that a decode call (4 experts at
+M = 1) launches 4 · 5760/16 = 1440 (mlp1) or 720 (mlp2) programs, several per SM on 132 (H200) or 48 (GB10) SMs."""
+
+GEMV_BLOCK_K = 256
+"""K per gemv step: 128 contiguous bytes (one 128-byte cache line) of each of the BLOCK_N weight rows per load."""
+
+GEMV_TARGET_PROGRAMS_PER_SM = 8
+"""Split-K of the default gemv is the smallest power of two giving about this many programs per SM (bytes in flight:
+by Little's law ~4.25 TB/s × ~0.7 µs DRAM latency / 132 SMs ≈ 22 KB per SM must be outstanding, 2 KB per program
+step)."""
+
+
+def _gemv_default(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
+    """Default of ``path="gemv"``: one program per BLOCK_N columns of (up to 16 of) one expert's rows, split-K (mlp2, whose output
+    is accumulated atomically anyway) until the SMs hold about GEMV_TARGET_PROGRAMS_PER_SM programs each."""
+    rpe = rows_per_expert(shape)
+    block_m = GEMV_MAX_BLOCK_M  # the row loop runs over the real rows only: one program covers an expert's rows
+    block_n = min(GEMV_BLOCK_N, max(16, next_pow2(shape["N"])))
+    block_k = min(GEMV_BLOCK_K, max(32, next_pow2(shape["K"])))
+    split_k = 1
+    if variant == "mlp2" and device is not None and getattr(device, "is_gpu", False):
+        rows = shape["M"] * shape["top_k"]
+        experts = min(shape["E"], rows)
+        programs = experts * math.ceil(rpe / block_m) * math.ceil(shape["N"] / block_n)
+        k_steps = math.ceil(shape["K"] / block_k)
+        while (split_k * 2 <= min(8, k_steps)
+               and programs * split_k < GEMV_TARGET_PROGRAMS_PER_SM * device.sm_count):
+            split_k *= 2
+    return MoeGemmConfig(path="gemv", BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, num_warps=4,
+                         num_stages=2, SPLIT_K=split_k).as_dict()
+
+
 def default_config(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
-    """The config without a table: BLOCK_M from the rows per expert, wide N tiles for prefill.
+    """The config without a table: the gemv path for at most GEMV_ROWS_PER_EXPERT rows per expert; else the MMA path
+    with BLOCK_M from the rows per expert, wide N tiles for prefill.
 
     The choices follow the first H100 sweep (scripts/results/2026-11-21-h100-explore.log, Triton 3.6): BLOCK_N=64
     with BLOCK_K=128 and the upcast path led at decode; 128x128x64 tiles at 8192 tokens. Two pipeline stages instead
@@ -47,6 +87,22 @@ def default_config(variant: str, shape: Mapping[str, int], device) -> dict[str, 
     Returns:
         A complete config dict (every field of :class:`MoeGemmConfig`).
     """
+    path = "gemv" if rows_per_expert(shape) <= GEMV_ROWS_PER_EXPERT else "mma"
+    return path_default(variant, shape, device, path)
+
+
+def path_default(variant: str, shape: Mapping[str, int], device, path: str) -> dict[str, Any]:
+    """The default config of one kernel path (``"mma"`` or ``"gemv"``, :data:`kernels.moe_gemm.config.PATHS`) at a
+    shape, whatever the rows per expert: what :func:`default_config` returns when it picks that path (benchmarks
+    time both to place the switch).
+
+    Raises:
+        ValueError: for an unknown path.
+    """
+    if path == "gemv":
+        return _gemv_default(variant, shape, device)
+    if path != "mma":
+        raise ValueError(f"unknown moe_gemm path {path!r}")
     block_m = min(128, max(16, next_pow2(rows_per_expert(shape))))
     prefill = block_m >= 64
     config = MoeGemmConfig(  # the other fields (4 warps, grid schedule, the upcast decode, fused SwiGLU, no split-K)

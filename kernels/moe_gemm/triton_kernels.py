@@ -263,7 +263,8 @@ def moe_mxfp4_gemv_kernel(
 
     Same pointers, flags and output contract as :func:`moe_mxfp4_gemm_kernel`. Program ``pid`` owns BLOCK_N output
     columns (``pid % cdiv(N, BLOCK_N)``), one K slice of ``SPLIT_K`` and one block of at most BLOCK_M sorted rows of
-    one expert (``pid // (cdiv(N, BLOCK_N) · SPLIT_K)``, the row-block schedule of the MMA kernel); the grid is
+    one expert (``pid // (cdiv(N, BLOCK_N) · SPLIT_K)``, the row-block schedule of the MMA kernel; the loop over the
+    rows runs over the block's real rows only, so BLOCK_M = 16 costs one row's work for a 1-row expert); the grid is
     ``num_m_blocks · cdiv(N, BLOCK_N) · SPLIT_K`` programs. Per K step it loads the ``[BLOCK_N, BLOCK_K/32, 16]``
     packed bytes (16 contiguous bytes per scale group, ``BLOCK_K/2`` per weight row: wide loads along K) and their
     ``[BLOCK_N, BLOCK_K/32]`` scales, decodes the low (even K) and high (odd K) nibbles to float32 once, and for each
@@ -303,6 +304,7 @@ def moe_mxfp4_gemv_kernel(
             a_rows = tl.load(row_token_ptr + rows, mask=row_mask, other=0)  # [BM] activation row of each row
         else:
             a_rows = rows
+        num_rows = tl.minimum(row_end - row_begin, BLOCK_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for kt in range(k_first, k_stop):
             g0 = kt * GROUPS
@@ -312,11 +314,10 @@ def moe_mxfp4_gemv_kernel(
             factor = e8m0_factor(scales)  # [BN, G]
             w_even = decode_e2m1_unscaled(packed & 0x0F)  # [BN, G, 16]: weights k = 32g + 2j
             w_odd = decode_e2m1_unscaled(packed >> 4)  # [BN, G, 16]: weights k = 32g + 2j + 1
-            for m in tl.static_range(BLOCK_M):
+            for m in range(0, num_rows):  # the real rows only: a block of 1 row costs 1 row of FMAs
                 a_row = tl.sum(tl.where(m_ids == m, a_rows, 0), axis=0)
-                a_mask = g_mask & ((tl.zeros((GROUPS,), dtype=tl.int32) + row_begin + m) < row_end)  # [G]
                 a = tl.load(a_ptr + a_row.to(tl.int64) * stride_am + g0 * 32 + a_offs,
-                            mask=a_mask[:, None, None], other=0.0).to(tl.float32)  # [G, 16, 2]
+                            mask=g_mask[:, None, None], other=0.0).to(tl.float32)  # [G, 16, 2]
                 a_even, a_odd = tl.split(a)  # [G, 16] each
                 group_sums = tl.sum(w_even * a_even[None, :, :] + w_odd * a_odd[None, :, :], axis=2)  # [BN, G]
                 dot = tl.sum(group_sums * factor, axis=1)  # [BN]

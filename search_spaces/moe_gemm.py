@@ -11,8 +11,12 @@ from collections.abc import Mapping
 
 from autotune.tuning.space import Param, SearchSpace, next_pow2
 from kernels.moe_gemm.config import GEMV_MAX_BLOCK_M
-from kernels.moe_gemm.heuristics import (GEMV_TARGET_PROGRAMS_PER_SM, default_config, estimated_shared_bytes,
-                                         rows_per_expert)
+from kernels.moe_gemm.heuristics import (
+    GEMV_TARGET_PROGRAMS_PER_SM,
+    default_config,
+    estimated_shared_bytes,
+    rows_per_expert,
+)
 
 POW2_TILES = (16, 32, 64, 128, 256)
 

@@ -606,3 +606,13 @@ def test_default_config_picks_gemv_for_few_rows_per_expert():
             assert config["path"] == path, (variant, m, experts, config)
             cfg = MoeGemmConfig(**config)
             assert not (variant == "mlp1" and cfg.fuse_swiglu and cfg.SPLIT_K > 1)
+
+
+_GPU_GEMV_CASES = [dataclasses.replace(c, dtype=torch.bfloat16) for c in _GEMV_REAL] + [
+    dataclasses.replace(c, dtype=torch.bfloat16) for c in _gemv_cases()[-4:]]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", _GPU_GEMV_CASES, ids=Case.id)
+def test_gpu_bf16_gemv(case: Case):
+    check_case(case, device="cuda")

@@ -38,9 +38,10 @@ GEMV_ROWS_PER_EXPERT = 2.0
 first guess before measuring (the gemv's FMAs grow with the rows while an MMA tile of 16 rows costs the same for 1 or
 16); scripts/bench_moe_variants.py times both paths' defaults at each M, which is how it is to be revised."""
 
-GEMV_BLOCK_N = 16
-"""Output columns per gemv program: 16 weight rows × BLOCK_K/2 bytes per K step, so that a decode call (4 experts at
-M = 1) launches 4 · 5760/16 = 1440 (mlp1) or 720 (mlp2) programs, several per SM on 132 (H200) or 48 (GB10) SMs."""
+GEMV_BLOCK_N = 32
+"""Output columns per gemv program: 32 weight rows × BLOCK_K/2 bytes per K step; a decode call (4 experts at M = 1)
+launches 4 · 5760/32 = 720 (mlp1) or 360 (mlp2) programs, several per SM on 132 (H200) or 48 (GB10) SMs. The fastest
+BLOCK_N of the gemv sweep at M = 1 and 8 on the H200 (scripts/results/2026-12-02-h200-moe-variants-run1.md)."""
 
 GEMV_BLOCK_K = 256
 """K per gemv step: 128 contiguous bytes (one 128-byte cache line) of each of the BLOCK_N weight rows per load."""

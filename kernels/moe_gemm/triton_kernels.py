@@ -267,10 +267,11 @@ def moe_mxfp4_gemv_kernel(
     rows runs over the block's real rows only, so BLOCK_M = 16 costs one row's work for a 1-row expert); the grid is
     ``num_m_blocks · cdiv(N, BLOCK_N) · SPLIT_K`` programs. Per K step it loads the ``[BLOCK_N, BLOCK_K/32, 16]``
     packed bytes (16 contiguous bytes per scale group, ``BLOCK_K/2`` per weight row: wide loads along K) and their
-    ``[BLOCK_N, BLOCK_K/32]`` scales, decodes the low (even K) and high (odd K) nibbles to float32 once, and for each
-    of its rows multiplies them with the matching even/odd activations, sums each 32-weight group, and applies the
-    group's e8m0 scale to that sum (one multiply per group instead of per weight). float32 throughout, so the result
-    matches the fp32 reference to the accumulation order, for any activation dtype (fp16/bf16/fp32).
+    ``[BLOCK_N, BLOCK_K/32]`` scales, decodes the low (even K) and high (odd K) nibbles to float32, multiplies them
+    with the matching even/odd activations of one row, sums each 32-weight group and applies the group's e8m0 scale
+    to that sum (one multiply per group instead of per weight); the rows of the block are taken one after another.
+    float32 throughout, so the result matches the fp32 reference to the accumulation order, for any activation
+    dtype (fp16/bf16/fp32).
     """
     pid = tl.program_id(0)
     num_n_blocks = tl.cdiv(N, BLOCK_N)
@@ -306,22 +307,27 @@ def moe_mxfp4_gemv_kernel(
             a_rows = rows
         num_rows = tl.minimum(row_end - row_begin, BLOCK_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for kt in range(k_first, k_stop):
-            g0 = kt * GROUPS
-            g_mask = (g0 + offs_g) < num_groups  # [G]
-            packed = tl.load(w_ptrs + g0 * 16, mask=n_mask[:, None, None] & g_mask[None, :, None], other=0)
-            scales = tl.load(s_ptrs + g0, mask=n_mask[:, None] & g_mask[None, :], other=127)  # [BN, G]
-            factor = e8m0_factor(scales)  # [BN, G]
-            w_even = decode_e2m1_unscaled(packed & 0x0F)  # [BN, G, 16]: weights k = 32g + 2j
-            w_odd = decode_e2m1_unscaled(packed >> 4)  # [BN, G, 16]: weights k = 32g + 2j + 1
-            for m in range(0, num_rows):  # the real rows only: a block of 1 row costs 1 row of FMAs
-                a_row = tl.sum(tl.where(m_ids == m, a_rows, 0), axis=0)
-                a = tl.load(a_ptr + a_row.to(tl.int64) * stride_am + g0 * 32 + a_offs,
-                            mask=g_mask[:, None, None], other=0.0).to(tl.float32)  # [G, 16, 2]
+        # Rows outside, K inside: the K loop keeps its partial sums in the layout of the decoded weights (no
+        # cross-thread reduction or layout change per step) and runs over the real rows only; a second row decodes
+        # the weights again, from L1/L2 (H200 run 1, 2026-12-02: the K-outside order, with a reduction and an
+        # accumulator update per row and step, ran at 0.15 of the copy bandwidth at M = 1).
+        for m in range(0, num_rows):
+            a_row = tl.sum(tl.where(m_ids == m, a_rows, 0), axis=0)
+            a_base = a_ptr + a_row.to(tl.int64) * stride_am
+            part = tl.zeros((BLOCK_N, GROUPS), dtype=tl.float32)
+            for kt in range(k_first, k_stop):
+                g0 = kt * GROUPS
+                g_mask = (g0 + offs_g) < num_groups  # [G]
+                packed = tl.load(w_ptrs + g0 * 16, mask=n_mask[:, None, None] & g_mask[None, :, None], other=0)
+                scales = tl.load(s_ptrs + g0, mask=n_mask[:, None] & g_mask[None, :], other=127)  # [BN, G]
+                w_even = decode_e2m1_unscaled(packed & 0x0F)  # [BN, G, 16]: weights k = 32g + 2j
+                w_odd = decode_e2m1_unscaled(packed >> 4)  # [BN, G, 16]: weights k = 32g + 2j + 1
+                a = tl.load(a_base + g0 * 32 + a_offs, mask=g_mask[:, None, None], other=0.0).to(tl.float32)
                 a_even, a_odd = tl.split(a)  # [G, 16] each
                 group_sums = tl.sum(w_even * a_even[None, :, :] + w_odd * a_odd[None, :, :], axis=2)  # [BN, G]
-                dot = tl.sum(group_sums * factor, axis=1)  # [BN]
-                acc = tl.where(m_ids[:, None] == m, acc + dot[None, :], acc)
+                part += group_sums * e8m0_factor(scales)
+            dot = tl.sum(part, axis=1)  # [BN]
+            acc = tl.where(m_ids[:, None] == m, acc + dot[None, :], acc)
         _epilogue(acc, rows, row_mask, offs_n, n_mask, pid_n, split, expert, bias_ptr, out_ptr, row_token_ptr,
                   row_gate_ptr, N, stride_be, stride_om, SCATTER_OUT, FUSE_SWIGLU, ATOMIC_OUT, SWIGLU_ALPHA,
                   SWIGLU_LIMIT, BLOCK_M, BLOCK_N)

@@ -12,13 +12,16 @@ from collections.abc import Mapping
 from autotune.tuning.space import Param, SearchSpace, next_pow2
 from kernels.moe_gemm.config import GEMV_MAX_BLOCK_M
 from kernels.moe_gemm.heuristics import (
-    GEMV_TARGET_PROGRAMS_PER_SM,
     default_config,
     estimated_shared_bytes,
     rows_per_expert,
 )
 
 POW2_TILES = (16, 32, 64, 128, 256)
+
+GEMV_SPLIT_K_PROGRAMS_PER_SM = 16
+"""Split-K of the gemv is pruned once its tiles alone give this many programs per SM (a gemv program has about one
+K step of bytes in flight, so it needs several times the MMA path's 2 waves to cover DRAM latency)."""
 
 
 def gemv_offered(shape: Mapping[str, int]) -> bool:
@@ -129,9 +132,9 @@ def split_k_useful(config, shape, device) -> str | None:
     rows = shape["M"] * shape["top_k"]
     row_blocks = min(shape["E"], rows) + max(0, rows - shape["E"]) // config["BLOCK_M"]
     tiles = row_blocks * -(-shape["N"] // config["BLOCK_N"])
-    # A gemv program holds ~1 K step of bytes in flight, far less than an MMA tile's pipeline: it needs more programs
-    # per SM (GEMV_TARGET_PROGRAMS_PER_SM) before split-K stops adding parallelism.
-    waves = 2 if _is_mma(config) else 2 * GEMV_TARGET_PROGRAMS_PER_SM
+    # A gemv program holds ~1 K step of bytes in flight, far less than an MMA tile's pipeline: split-K is offered up
+    # to GEMV_SPLIT_K_PROGRAMS_PER_SM programs per SM.
+    waves = 2 if _is_mma(config) else GEMV_SPLIT_K_PROGRAMS_PER_SM
     if tiles >= waves * device.sm_count:
         return (f"SPLIT_K={split} with {tiles} tiles >= {waves} programs per SM on {device.sm_count} SMs: atomics "
                 "for no parallelism")

@@ -599,8 +599,9 @@ def test_default_config_picks_gemv_for_few_rows_per_expert():
     from autotune.device import GB10
 
     for variant in ("mlp1", "mlp2"):
-        for m, experts, path in ((1, 32, "gemv"), (16, 32, "gemv"), (32, 32, "mma"), (64, 128, "gemv"),
-                                 (256, 128, "mma"), (2048, 32, "mma")):
+        # gemv up to R = M·top_k = 8 routed rows (the H200 crossover, kernels.moe_gemm.heuristics.GEMV_MAX_ROWS)
+        for m, experts, path in ((1, 32, "gemv"), (2, 32, "gemv"), (4, 32, "mma"), (1, 128, "gemv"),
+                                 (16, 128, "mma"), (2048, 32, "mma")):
             shape = MoeShape.for_variant(variant, M=m, hidden=2880, intermediate=2880, E=experts, top_k=4)
             config = moe_gemm.default_config(variant, shape.as_dict(), GB10)
             assert config["path"] == path, (variant, m, experts, config)

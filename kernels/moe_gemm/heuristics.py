@@ -33,23 +33,27 @@ def estimated_shared_bytes(config: Mapping[str, Any], act_bytes: int = 2) -> int
     return max(1, config["num_stages"]) * per_stage
 
 
-GEMV_ROWS_PER_EXPERT = 2.0
-"""Largest mean rows per expert at which the default is the gemv path (gpt-oss-20b: M <= 16; 120b: M <= 64). A
-first guess before measuring (the gemv's FMAs grow with the rows while an MMA tile of 16 rows costs the same for 1 or
-16); scripts/bench_moe_variants.py times both paths' defaults at each M, which is how it is to be revised."""
+GEMV_MAX_ROWS = 8
+"""Largest routed-row count R = M·top_k of a call at which the default is the gemv path (gpt-oss: M <= 2). Measured
+on the H200 (scripts/results/2026-12-02-h200-moe-variants-run2*.md, Triton 3.6, defaults of both paths): the gemv
+was faster at R = 4 and 8 (20b mlp1 38.6 vs 43.4 µs and 59.9 vs 69.6; mlp2 19.5 vs 33.2 and 33.9 vs 41.8; 120b M=1
+alike), even at R = 16 for mlp2 (62.7 vs 63.8) but slower for mlp1 (107 vs 92), and slower at R >= 32."""
 
-GEMV_BLOCK_N = 32
-"""Output columns per gemv program: 32 weight rows × BLOCK_K/2 bytes per K step; a decode call (4 experts at M = 1)
-launches 4 · 5760/32 = 720 (mlp1) or 360 (mlp2) programs, several per SM on 132 (H200) or 48 (GB10) SMs. The fastest
-BLOCK_N of the gemv sweep at M = 1 and 8 on the H200 (scripts/results/2026-12-02-h200-moe-variants-run1.md)."""
+GEMV_BLOCK_N = 64
+"""Output columns per gemv program: 64 weight rows × BLOCK_K/2 bytes per K step (4 · 5760/64 = 360 mlp1 programs at
+M = 1). The fastest BLOCK_N of the gemv sweep at M = 1 for both variants on the H200 (run 2 above; 32 at M = 8)."""
 
 GEMV_BLOCK_K = 256
-"""K per gemv step: 128 contiguous bytes (one 128-byte cache line) of each of the BLOCK_N weight rows per load."""
+"""K per gemv step: 128 contiguous bytes (one 128-byte cache line) of each weight row per load; faster than 512 in
+every cell of the H200 sweep."""
 
-GEMV_TARGET_PROGRAMS_PER_SM = 8
-"""Split-K of the default gemv is the smallest power of two giving about this many programs per SM (bytes in flight:
-by Little's law ~4.25 TB/s × ~0.7 µs DRAM latency / 132 SMs ≈ 22 KB per SM must be outstanding, 2 KB per program
-step)."""
+GEMV_NUM_STAGES = 1
+"""The H200 sweep's fastest at M = 1 (33.8 µs mlp1 / 19.4 µs mlp2 against 38.6 / 19.5 for 2 stages at BLOCK_N 32)."""
+
+GEMV_TARGET_PROGRAMS_PER_SM = 2
+"""Split-K of the default gemv (mlp2 only, whose output is accumulated atomically anyway) is the smallest power of
+two giving at least this many programs per SM: SPLIT_K = 2 at mlp2 M = 1 (4 · 2880/64 = 180 programs), the H200
+sweep's best of 1, 2, 4 there."""
 
 
 def _gemv_default(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
@@ -69,12 +73,12 @@ def _gemv_default(variant: str, shape: Mapping[str, int], device) -> dict[str, A
                and programs * split_k < GEMV_TARGET_PROGRAMS_PER_SM * device.sm_count):
             split_k *= 2
     return MoeGemmConfig(path="gemv", BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, num_warps=4,
-                         num_stages=2, SPLIT_K=split_k).as_dict()
+                         num_stages=GEMV_NUM_STAGES, SPLIT_K=split_k).as_dict()
 
 
 def default_config(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
-    """The config without a table: the gemv path for at most GEMV_ROWS_PER_EXPERT rows per expert; else the MMA path
-    with BLOCK_M from the rows per expert, wide N tiles for prefill.
+    """The config without a table: the gemv path for at most GEMV_MAX_ROWS routed rows; else the MMA path with
+    BLOCK_M from the rows per expert, wide N tiles for prefill.
 
     The choices follow the first H100 sweep (scripts/results/2026-11-21-h100-explore.log, Triton 3.6): BLOCK_N=64
     with BLOCK_K=128 and the upcast path led at decode; 128x128x64 tiles at 8192 tokens. Two pipeline stages instead
@@ -88,7 +92,7 @@ def default_config(variant: str, shape: Mapping[str, int], device) -> dict[str, 
     Returns:
         A complete config dict (every field of :class:`MoeGemmConfig`).
     """
-    path = "gemv" if rows_per_expert(shape) <= GEMV_ROWS_PER_EXPERT else "mma"
+    path = "gemv" if shape["M"] * shape["top_k"] <= GEMV_MAX_ROWS else "mma"
     return path_default(variant, shape, device, path)
 
 

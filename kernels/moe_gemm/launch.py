@@ -134,13 +134,13 @@ def _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks
         a.stride(0), w_blocks.stride(0), w_blocks.stride(1), w_scales.stride(0), w_scales.stride(1),
         bias.stride(0), out.stride(0),
     )
-    kwargs = dict(
-        NUM_EXPERTS=num_experts, EXPERTS_POW2=triton.next_power_of_2(num_experts),
-        GATHER_A=gather_a, SCATTER_OUT=scatter_out, FUSE_SWIGLU=fuse_swiglu, ATOMIC_OUT=atomic_out,
-        SWIGLU_ALPHA=SWIGLU_ALPHA, SWIGLU_LIMIT=SWIGLU_LIMIT,
-        BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K, SPLIT_K=config.SPLIT_K,
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
+    kwargs = {
+        "NUM_EXPERTS": num_experts, "EXPERTS_POW2": triton.next_power_of_2(num_experts),
+        "GATHER_A": gather_a, "SCATTER_OUT": scatter_out, "FUSE_SWIGLU": fuse_swiglu, "ATOMIC_OUT": atomic_out,
+        "SWIGLU_ALPHA": SWIGLU_ALPHA, "SWIGLU_LIMIT": SWIGLU_LIMIT,
+        "BLOCK_M": config.BLOCK_M, "BLOCK_N": config.BLOCK_N, "BLOCK_K": config.BLOCK_K, "SPLIT_K": config.SPLIT_K,
+        "num_warps": config.num_warps, "num_stages": config.num_stages,
+    }
     return KernelLaunch(moe_mxfp4_gemv_kernel, (total_tiles,), args, kwargs)
 
 

@@ -311,7 +311,7 @@ def moe_mxfp4_gemv_kernel(
         # cross-thread reduction or layout change per step) and runs over the real rows only; a second row decodes
         # the weights again, from L1/L2 (H200 run 1, 2026-12-02: the K-outside order, with a reduction and an
         # accumulator update per row and step, ran at 0.15 of the copy bandwidth at M = 1).
-        for m in range(0, num_rows):
+        for m in range(num_rows):
             a_row = tl.sum(tl.where(m_ids == m, a_rows, 0), axis=0)
             a_base = a_ptr + a_row.to(tl.int64) * stride_am
             part = tl.zeros((BLOCK_N, GROUPS), dtype=tl.float32)

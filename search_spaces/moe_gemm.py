@@ -38,17 +38,20 @@ def _is_mma(config: Mapping) -> bool:
 def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
     """The tunables at one shape. Tile choices stop where a tile would be mostly padding (BLOCK_M beyond twice the
     rows per expert, BLOCK_N/BLOCK_K beyond N/K), so the sampler spends no trials there (seen on the H100,
-    2026-11-21: with all five BLOCK_M offered, over 90% of the decode trials were pruned for it). ``path`` comes
-    first: the MMA-only tunables (GROUP_M, schedule, dequant) are inactive on the gemv path; where the gemv is
-    offered it adds BLOCK_N = 16 and BLOCK_K = 512 (narrow, long programs) to the choices."""
+    2026-11-21: with all five BLOCK_M offered, over 90% of the decode trials were pruned for it). ``dequant`` comes
+    first and ``path`` after it (the gemv decodes with Triton ops: it exists for "upcast" only, so a config naming
+    another dequant is an MMA config); the MMA-only tunables (GROUP_M, schedule) are inactive on the gemv path; where
+    the gemv is offered it adds BLOCK_N = 16 and BLOCK_K = 512 (narrow, long programs) to the choices."""
     gemv = gemv_offered(shape)
     block_m = tuple(b for b in POW2_TILES if b <= block_m_limit(shape))
     block_n = tuple(b for b in (16,) + POW2_TILES if (16 if gemv else 32) <= b <= max(32, next_pow2(shape["N"])))
     block_k = tuple(b for b in (32, 64, 128, 256, 512)
                     if b <= max(32, next_pow2(shape["K"])) and (gemv or b <= 256))
     params = [
-        Param("path", ("mma", "gemv") if gemv else ("mma",),
-              doc="tensor-core tiles, or CUDA-core dot products for few rows per expert"),
+        Param("dequant", ("dot_scaled", "upcast", "upcast_ptx"),
+              doc="tl.dot_scaled, or decode then tl.dot (Triton ops, or inline PTX on sm_90+); the gemv: upcast"),
+        Param("path", ("mma", "gemv") if gemv else ("mma",), when=lambda c: c["dequant"] == "upcast",
+              inactive="mma", doc="tensor-core tiles, or CUDA-core dot products for few rows per expert"),
         Param("BLOCK_M", block_m, doc="routed rows per tile (gemv: the most rows of one expert per program)"),
         Param("BLOCK_N", block_n, doc="output features per tile (mma >= 32: the fused SwiGLU halves it)"),
         Param("BLOCK_K", block_k, doc="K step, a multiple of the MXFP4 group 32"),
@@ -58,8 +61,6 @@ def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
         Param("schedule", ("grid", "persistent"), when=_is_mma, inactive="grid"),
         Param("programs_per_sm", (1, 2, 4), when=lambda c: c["schedule"] == "persistent", inactive=1,
               doc="persistent schedule only"),
-        Param("dequant", ("dot_scaled", "upcast", "upcast_ptx"), when=_is_mma, inactive="upcast",
-              doc="tl.dot_scaled, or decode then tl.dot (Triton ops, or inline PTX on sm_90+)"),
     ]
     if variant == "mlp1":
         params.append(Param("fuse_swiglu", (True, False), doc="SwiGLU in the GEMM epilogue"))

@@ -187,9 +187,11 @@ def test_gemv_suggestions_are_constructible(variant):
         config = space.suggest(trial)
         MoeGemmConfig(**config)
         paths.add(config["path"])
-        if config["path"] == "gemv":  # the MMA-only tunables are inactive
-            assert {"GROUP_M", "schedule", "dequant", "programs_per_sm"}.isdisjoint(trial.params)
+        if config["path"] == "gemv":  # the MMA-only tunables are inactive; the gemv decodes with Triton ops
+            assert {"GROUP_M", "schedule", "programs_per_sm"}.isdisjoint(trial.params)
             assert (config["GROUP_M"], config["schedule"], config["dequant"]) == (1, "grid", "upcast")
+        if config["dequant"] != "upcast":  # path only chosen with the upcast decode
+            assert "path" not in trial.params and config["path"] == "mma"
         study.tell(trial, 1.0)
     assert paths == {"mma", "gemv"}
 

@@ -10,30 +10,57 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from autotune.tuning.space import Param, SearchSpace, next_pow2
-from kernels.moe_gemm.heuristics import default_config, estimated_shared_bytes, rows_per_expert
+from kernels.moe_gemm.config import GEMV_MAX_BLOCK_M
+from kernels.moe_gemm.heuristics import (
+    default_config,
+    estimated_shared_bytes,
+    rows_per_expert,
+)
 
 POW2_TILES = (16, 32, 64, 128, 256)
+
+GEMV_SPLIT_K_PROGRAMS_PER_SM = 16
+"""Split-K of the gemv is pruned once its tiles alone give this many programs per SM (a gemv program has about one
+K step of bytes in flight, so it needs several times the MMA path's 2 waves to cover DRAM latency)."""
+
+
+def gemv_offered(shape: Mapping[str, int]) -> bool:
+    """The gemv path is offered while BLOCK_M = 16 is the only useful row block (at most 8 rows per expert on
+    average, :func:`block_m_limit`): one gemv program then covers an expert's rows (its row loop runs over the real
+    rows only), and beyond, a 16-row MMA tile does the same work on tensor cores."""
+    return block_m_limit(shape) <= GEMV_MAX_BLOCK_M
+
+
+def _is_mma(config: Mapping) -> bool:
+    return config.get("path", "mma") == "mma"
 
 
 def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
     """The tunables at one shape. Tile choices stop where a tile would be mostly padding (BLOCK_M beyond twice the
     rows per expert, BLOCK_N/BLOCK_K beyond N/K), so the sampler spends no trials there (seen on the H100,
-    2026-11-21: with all five BLOCK_M offered, over 90% of the decode trials were pruned for it)."""
+    2026-11-21: with all five BLOCK_M offered, over 90% of the decode trials were pruned for it). ``dequant`` comes
+    first and ``path`` after it (the gemv decodes with Triton ops: it exists for "upcast" only, so a config naming
+    another dequant is an MMA config); the MMA-only tunables (GROUP_M, schedule) are inactive on the gemv path; where
+    the gemv is offered it adds BLOCK_N = 16 and BLOCK_K = 512 (narrow, long programs) to the choices."""
+    gemv = gemv_offered(shape)
     block_m = tuple(b for b in POW2_TILES if b <= block_m_limit(shape))
-    block_n = tuple(b for b in POW2_TILES if 32 <= b <= max(32, next_pow2(shape["N"])))
-    block_k = tuple(b for b in (32, 64, 128, 256) if b <= max(32, next_pow2(shape["K"])))
+    block_n = tuple(b for b in (16,) + POW2_TILES if (16 if gemv else 32) <= b <= max(32, next_pow2(shape["N"])))
+    block_k = tuple(b for b in (32, 64, 128, 256, 512)
+                    if b <= max(32, next_pow2(shape["K"])) and (gemv or b <= 256))
     params = [
-        Param("BLOCK_M", block_m, doc="routed rows per tile"),
-        Param("BLOCK_N", block_n, doc="output features per tile (>= 32: the fused SwiGLU halves it)"),
+        Param("dequant", ("dot_scaled", "upcast", "upcast_ptx"),
+              doc="tl.dot_scaled, or decode then tl.dot (Triton ops, or inline PTX on sm_90+); the gemv: upcast"),
+        Param("path", ("mma", "gemv") if gemv else ("mma",), when=lambda c: c["dequant"] == "upcast",
+              inactive="mma", doc="tensor-core tiles, or CUDA-core dot products for few rows per expert"),
+        Param("BLOCK_M", block_m, doc="routed rows per tile (gemv: the most rows of one expert per program)"),
+        Param("BLOCK_N", block_n, doc="output features per tile (mma >= 32: the fused SwiGLU halves it)"),
         Param("BLOCK_K", block_k, doc="K step, a multiple of the MXFP4 group 32"),
-        Param("GROUP_M", (1, 4, 8, 16), doc="row blocks sweeping N together (L2 reuse)"),
+        Param("GROUP_M", (1, 4, 8, 16), when=_is_mma, inactive=1, doc="row blocks sweeping N together (L2 reuse)"),
         Param("num_warps", (2, 4, 8)),
         Param("num_stages", (1, 2, 3, 4, 5), doc="software-pipelining depth"),
-        Param("schedule", ("grid", "persistent")),
+        Param("schedule", ("grid", "persistent"), when=_is_mma, inactive="grid"),
         Param("programs_per_sm", (1, 2, 4), when=lambda c: c["schedule"] == "persistent", inactive=1,
               doc="persistent schedule only"),
-        Param("dequant", ("dot_scaled", "upcast", "upcast_ptx"),
-              doc="tl.dot_scaled, or decode then tl.dot (Triton ops, or inline PTX on sm_90+)"),
     ]
     if variant == "mlp1":
         params.append(Param("fuse_swiglu", (True, False), doc="SwiGLU in the GEMM epilogue"))
@@ -72,8 +99,26 @@ def tile_fits_problem(config, shape, device) -> str | None:
     """A tile wider than the problem (N or K rounded up) only adds masked work."""
     if config["BLOCK_N"] > next_pow2(shape["N"]) or config["BLOCK_K"] > next_pow2(shape["K"]):
         return f"tile {config['BLOCK_N']}x{config['BLOCK_K']} exceeds N={shape['N']}, K={shape['K']}"
-    if config.get("fuse_swiglu") and config["BLOCK_N"] < 32:
+    if _is_mma(config) and config.get("fuse_swiglu") and config["BLOCK_N"] < 32:
         return "fused SwiGLU needs BLOCK_N >= 32 (its output tile is BLOCK_N/2 >= 16 columns)"
+    if _is_mma(config) and config["BLOCK_N"] < 16:
+        return f"BLOCK_N={config['BLOCK_N']} < 16, the smallest tl.dot N"
+    return None
+
+
+GEMV_MAX_DECODED_PER_THREAD = 128
+"""Most decoded float32 weights a gemv thread holds per K step (BLOCK_N·BLOCK_K / threads): half the 255-register
+limit, leaving the rest for the products, activations and addresses."""
+
+
+def gemv_tile_fits_registers(config, shape, device) -> str | None:
+    """The gemv decodes a whole ``[BLOCK_N, BLOCK_K]`` weight tile to float32 registers per K step."""
+    if _is_mma(config):
+        return None
+    per_thread = config["BLOCK_N"] * config["BLOCK_K"] // (32 * config["num_warps"])
+    if per_thread > GEMV_MAX_DECODED_PER_THREAD:
+        return (f"gemv tile {config['BLOCK_N']}x{config['BLOCK_K']} over {config['num_warps']} warps decodes "
+                f"{per_thread} float32 weights per thread > {GEMV_MAX_DECODED_PER_THREAD}")
     return None
 
 
@@ -88,8 +133,12 @@ def split_k_useful(config, shape, device) -> str | None:
     rows = shape["M"] * shape["top_k"]
     row_blocks = min(shape["E"], rows) + max(0, rows - shape["E"]) // config["BLOCK_M"]
     tiles = row_blocks * -(-shape["N"] // config["BLOCK_N"])
-    if tiles >= 2 * device.sm_count:
-        return f"SPLIT_K={split} with {tiles} tiles >= 2 waves of {device.sm_count} SMs: atomics for no parallelism"
+    # A gemv program holds ~1 K step of bytes in flight, far less than an MMA tile's pipeline: split-K is offered up
+    # to GEMV_SPLIT_K_PROGRAMS_PER_SM programs per SM.
+    waves = 2 if _is_mma(config) else GEMV_SPLIT_K_PROGRAMS_PER_SM
+    if tiles >= waves * device.sm_count:
+        return (f"SPLIT_K={split} with {tiles} tiles >= {waves} programs per SM on {device.sm_count} SMs: atomics "
+                "for no parallelism")
     return None
 
 
@@ -111,7 +160,7 @@ def accumulator_fits_registers(config, shape, device) -> str | None:
     produced NaN in 6% of the mlp2 outputs at M=4096, caught by the correctness check.
     """
     per_thread = config["BLOCK_M"] * config["BLOCK_N"] // (32 * config["num_warps"])
-    if per_thread > MAX_REGISTERS_PER_THREAD:
+    if per_thread > MAX_REGISTERS_PER_THREAD:  # (the gemv's accumulator is at most 16 x BLOCK_N: gemv limit below)
         return (f"accumulator needs {per_thread} fp32 registers per thread "
                 f"({config['BLOCK_M']}x{config['BLOCK_N']} over {config['num_warps']} warps) > "
                 f"{MAX_REGISTERS_PER_THREAD}")
@@ -119,7 +168,7 @@ def accumulator_fits_registers(config, shape, device) -> str | None:
 
 
 CONSTRAINTS = (tile_fits_problem, block_m_fits_rows, split_k_useful, accumulator_fits_registers,
-               fits_shared_memory, dequant_supported)
+               gemv_tile_fits_registers, fits_shared_memory, dequant_supported)
 
 
 def space(variant: str, shape: Mapping[str, int], device) -> SearchSpace:

@@ -48,6 +48,15 @@ CASES += [
     ("mlp2-120b-M16-dot_scaled", "mlp2", 16, 128, {"dequant": "dot_scaled"}, "bfloat16"),
     ("mlp1-20b-M8192-persistent", "mlp1", 8192, 32, {"schedule": "persistent", "programs_per_sm": 2}, "bfloat16"),
 ]
+# The gemv path (CUDA-core dot products; the default at M = 1): forced where the MMA path is the default, with
+# split-K and the unfused SwiGLU (two launches), and at gpt-oss-120b M = 1.
+CASES += [
+    ("mlp1-20b-M1-gemv-unfused-splitk4", "mlp1", 1, 32, {"path": "gemv", "fuse_swiglu": False, "SPLIT_K": 4},
+     "bfloat16"),
+    ("mlp2-120b-M16-gemv", "mlp2", 16, 128, {"path": "gemv", "BLOCK_N": 32, "num_stages": 2, "SPLIT_K": 2},
+     "bfloat16"),
+    ("mlp1-20b-M8-gemv", "mlp1", 8, 32, {"path": "gemv", "BLOCK_K": 256, "num_warps": 8}, "bfloat16"),
+]
 # The inline-PTX decode (bf16, sm_90+): GB10 is sm_121, so the search space keeps it and it must plan on meta tensors.
 PTX_CASES = [("mlp1-20b-M16-upcast_ptx", "mlp1", 16, 32, {"dequant": "upcast_ptx"}, "bfloat16"),
              ("mlp2-120b-M8192-upcast_ptx", "mlp2", 8192, 128, {"dequant": "upcast_ptx"}, "bfloat16")]
@@ -167,7 +176,7 @@ def _run_worker(cases: list, with_jit: bool) -> dict:
 
 @pytest.fixture(scope="module")
 def compiled() -> dict:
-    """compile_launch only: 16 distinct compiles, about 20 s with an empty Triton cache, 3 s with a warm one."""
+    """compile_launch only: about 24 distinct compiles, about 30 s with an empty Triton cache, 3 s with a warm one."""
     return _run_worker(CASES + (PTX_CASES if _HAS_PTX else []), with_jit=False)
 
 
@@ -185,12 +194,23 @@ def test_gb10_launches_compile_and_fit(compiled, case):
     config = entry["config"]
     unfused = variant == "mlp1" and not config["fuse_swiglu"]
     names = [item["name"] for item in entry["launches"]]
-    assert names == (["moe_mxfp4_gemm_kernel", "swiglu_kernel"] if unfused else ["moe_mxfp4_gemm_kernel"])
+    gemm = "moe_mxfp4_gemv_kernel" if config.get("path") == "gemv" else "moe_mxfp4_gemm_kernel"
+    assert names == ([gemm, "swiglu_kernel"] if unfused else [gemm])
     for item in entry["launches"]:
         assert item["target"] == "cuda:121"
         assert item["num_warps"] == config["num_warps"]
         assert 0 <= item["shared_bytes"] <= GB10_SMEM, item
         assert all(g >= 1 for g in item["grid"])
+
+
+def test_gb10_default_at_decode_is_the_gemv(compiled):
+    # The default heuristic's gemv (R = M·top_k <= 8) is what a Spark runs at batch-1 decode: both variants, both
+    # models, compiled for sm_121 above.
+    for model in MODELS:
+        for variant in ("mlp1", "mlp2"):
+            entry = compiled[f"{variant}-{model}-M1-default"]
+            assert entry["config"]["path"] == "gemv", entry["config"]
+            assert [item["name"] for item in entry["launches"]] == ["moe_mxfp4_gemv_kernel"]
 
 
 @pytest.mark.slow

@@ -473,3 +473,147 @@ if "upcast_ptx" in moe_gemm.config.DEQUANT_PATHS:  # the inline-PTX decode: bf16
 @pytest.mark.parametrize("case", _GPU_CASES, ids=Case.id)
 def test_gpu_bf16(case: Case):
     check_case(case, device="cuda")
+
+
+# --- path="gemv": CUDA-core dot products for few rows per expert -------------------------------------------------
+# Real gpt-oss-20b widths at decode token counts (masked N and K edges: 5760 and 2880 are not multiples of 256/512),
+# the default BLOCK_M = 16 (row loop over the real rows) and hand-set smaller row blocks, split-K, fused/unfused.
+_GEMV_REAL = [
+    Case("mlp1", M=1, N=5760, K=2880, E=32, top_k=4, seed=501,
+         config=dict(path="gemv", BLOCK_M=16, BLOCK_N=256, BLOCK_K=512, GROUP_M=1)),
+    Case("mlp2", M=2, N=2880, K=2880, E=32, top_k=4, seed=502,
+         config=dict(path="gemv", BLOCK_M=16, BLOCK_N=256, BLOCK_K=512, GROUP_M=1, SPLIT_K=2)),
+    Case("mlp1", M=3, N=5760, K=2880, E=32, top_k=4, seed=503,
+         config=dict(path="gemv", BLOCK_M=1, BLOCK_N=512, BLOCK_K=512, GROUP_M=1, SPLIT_K=4, fuse_swiglu=False)),
+]
+
+
+@pytest.mark.parametrize("case", _GEMV_REAL, ids=Case.id)
+def test_gemv_real_dims(case: Case):
+    check_case(case)
+
+
+def _gemv_cases() -> list[Case]:
+    """Odd shape (N=96, K=96 with half-masked tiles, E=3, top_k=3, M=7: 7 rows per expert) over the gemv's row
+    blocks, split-K and both mlp1 epilogues; then many rows per expert (M=40, E=5, top_k=2: > 16 rows, several
+    row blocks per expert, empty experts) and K not a multiple of BLOCK_K at any split."""
+    cases = []
+    seed = 600
+    for variant, block_m, split_k, fuse in itertools.product(("mlp1", "mlp2"), (1, 4, 16), (1, 2), (True, False)):
+        if variant == "mlp1" and fuse and split_k > 1 or variant == "mlp2" and not fuse:
+            continue
+        seed += 1
+        cases.append(Case(variant, **_ODD, seed=seed, config=dict(
+            path="gemv", BLOCK_M=block_m, BLOCK_N=32 if block_m == 4 else 16, BLOCK_K=64, GROUP_M=1,
+            SPLIT_K=split_k, fuse_swiglu=fuse)))
+    for variant in ("mlp1", "mlp2"):
+        seed += 1
+        cases.append(Case(variant, M=40, N=160, K=160, E=5, top_k=2, seed=seed, config=dict(
+            path="gemv", BLOCK_M=16, BLOCK_N=64, BLOCK_K=32, GROUP_M=1, SPLIT_K=4, fuse_swiglu=False)))
+        seed += 1
+        cases.append(Case(variant, M=40, N=160, K=160, E=5, top_k=2, seed=seed, config=dict(
+            path="gemv", BLOCK_M=8, BLOCK_N=32, BLOCK_K=128, GROUP_M=1)))
+    return cases
+
+
+@pytest.mark.parametrize("case", _gemv_cases(), ids=Case.id)
+def test_gemv_paths(case: Case):
+    check_case(case)
+
+
+@pytest.mark.parametrize("variant", ["mlp1", "mlp2"])
+@pytest.mark.skipif(HAS_CUDA, reason="fp32 activations: interpreter only (see FP32_ON_GPU)")
+def test_gemv_fp32_activations(variant):
+    check_case(Case(variant, M=7, N=96, K=96, E=3, top_k=3, dtype=torch.float32, seed=650,
+                    config=dict(path="gemv", BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, GROUP_M=1)))
+
+
+@pytest.mark.parametrize("variant", ["mlp1", "mlp2"])
+def test_gemv_one_wrong_scale_byte_is_caught(variant):
+    inputs = make_inputs(variant, MoeShape(M=7, N=96, K=96, E=3, top_k=3), dtype=torch.float16, device=DEVICE,
+                         seed=401)
+    tol = tolerance(variant, torch.float16).max_rel_err
+    bad, where = _corrupt_one_scale(inputs, variant, tol)
+    tri_out = launch(variant, bad, MoeGemmConfig(path="gemv", BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, GROUP_M=1))
+    assert row_rel_err(tri_out, reference(variant, inputs)) > tol, f"scale byte {where} +1 went unnoticed"
+    assert row_rel_err(tri_out, reference(variant, bad)) <= tol
+
+
+def test_gemv_scale_range_per_column():
+    # As test_scale_range_per_column: each output column its own power-of-two scale, fp16 activations (s in 104..140).
+    n, k = 64, 64
+    inputs = make_inputs("mlp2", MoeShape(M=4, N=n, K=k, E=2, top_k=1), dtype=torch.float16, device=DEVICE, seed=5)
+    col_scale = torch.linspace(104, 140, n).round().to(torch.uint8).to(DEVICE)
+    inputs = dataclasses.replace(inputs, w_scales=col_scale[None, :, None].expand(2, n, k // 32).contiguous(),
+                                 bias=torch.zeros_like(inputs.bias))
+    tri_out = launch("mlp2", inputs, MoeGemmConfig(path="gemv", BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, GROUP_M=1))
+    ref_out = reference("mlp2", inputs)
+    col_err = (tri_out.double() - ref_out.double()).norm(dim=0) / ref_out.double().norm(dim=0)
+    assert torch.isfinite(tri_out).all()
+    assert col_err.max().item() <= 1e-5, col_scale[col_err > 1e-5].tolist()
+
+
+@pytest.mark.parametrize("config", [dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64),
+                                    dict(BLOCK_M=2, BLOCK_N=32, BLOCK_K=32, fuse_swiglu=False, SPLIT_K=4)],
+                         ids=["fused", "unfused-sk4"])
+def test_gemv_mlp1_writes_every_element(config):
+    inputs = make_inputs("mlp1", MoeShape(M=40, N=160, K=160, E=5, top_k=2), dtype=torch.float16, device=DEVICE,
+                         seed=301)
+    out = torch.full((80, 80), float("nan"), dtype=torch.float16, device=DEVICE)
+    tri_out = launch("mlp1", inputs, MoeGemmConfig(path="gemv", GROUP_M=1, **config), out=out)
+    assert tri_out is out
+    assert torch.isfinite(tri_out).all(), f"{(~torch.isfinite(tri_out)).sum().item()} elements left unwritten"
+    assert row_rel_err(tri_out, reference("mlp1", inputs)) <= tolerance("mlp1", torch.float16).max_rel_err
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(path="gemv", BLOCK_M=32, GROUP_M=1), "BLOCK_M <= 16"),
+    (dict(path="gemv", BLOCK_M=16, BLOCK_N=8, GROUP_M=1), "BLOCK_N >= 16"),
+    (dict(path="gemv", BLOCK_M=16, dequant="dot_scaled", GROUP_M=1), "upcast"),
+    (dict(path="gemv", BLOCK_M=16, dequant="upcast_ptx", GROUP_M=1), "upcast"),
+    (dict(path="gemv", BLOCK_M=16, schedule="persistent", programs_per_sm=2, GROUP_M=1), "grid"),
+    (dict(path="gemv", BLOCK_M=16, GROUP_M=8), "GROUP_M=1"),
+    (dict(path="simt"), "path"),
+    (dict(path="mma", BLOCK_M=8), "tl.dot"),
+])
+def test_gemv_config_validation(params, match):
+    with pytest.raises(ValueError, match=match):
+        MoeGemmConfig(**params)
+    MoeGemmConfig(path="gemv", BLOCK_M=1, BLOCK_N=16, GROUP_M=1)  # the smallest gemv tile is valid
+
+
+def test_gemv_plans_its_kernel():
+    inputs = make_inputs("mlp1", MoeShape(M=2, N=64, K=64, E=2, top_k=1), dtype=torch.float16, device=DEVICE, seed=0)
+    config = MoeGemmConfig(path="gemv", BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=1)
+    _, plan = launches("mlp1", inputs, config)
+    assert [p.kernel.__name__ for p in plan] == ["moe_mxfp4_gemv_kernel"]
+    assert plan[0].grid == (2 * 4,)  # 2 row blocks (1 row on each of 2 experts) x 64/16 N blocks
+    _, plan = launches("mlp1", inputs, dataclasses.replace(config, fuse_swiglu=False, SPLIT_K=2))
+    assert [p.kernel.__name__ for p in plan] == ["moe_mxfp4_gemv_kernel", "swiglu_kernel"]
+    assert plan[0].grid == (2 * 4 * 2,)
+    with pytest.raises(ValueError, match="SPLIT_K"):
+        launches("mlp1", inputs, dataclasses.replace(config, SPLIT_K=2))
+
+
+def test_default_config_picks_gemv_for_few_rows_per_expert():
+    from autotune.device import GB10
+
+    for variant in ("mlp1", "mlp2"):
+        # gemv up to R = M·top_k = 8 routed rows (the H200 crossover, kernels.moe_gemm.heuristics.GEMV_MAX_ROWS)
+        for m, experts, path in ((1, 32, "gemv"), (2, 32, "gemv"), (4, 32, "mma"), (1, 128, "gemv"),
+                                 (16, 128, "mma"), (2048, 32, "mma")):
+            shape = MoeShape.for_variant(variant, M=m, hidden=2880, intermediate=2880, E=experts, top_k=4)
+            config = moe_gemm.default_config(variant, shape.as_dict(), GB10)
+            assert config["path"] == path, (variant, m, experts, config)
+            cfg = MoeGemmConfig(**config)
+            assert not (variant == "mlp1" and cfg.fuse_swiglu and cfg.SPLIT_K > 1)
+
+
+_GPU_GEMV_CASES = [dataclasses.replace(c, dtype=torch.bfloat16) for c in _GEMV_REAL] + [
+    dataclasses.replace(c, dtype=torch.bfloat16) for c in _gemv_cases()[-4:]]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", _GPU_GEMV_CASES, ids=Case.id)
+def test_gpu_bf16_gemv(case: Case):
+    check_case(case, device="cuda")

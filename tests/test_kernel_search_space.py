@@ -165,3 +165,48 @@ def test_dequant_supported_prunes_upcast_ptx_off_hopper():
     for device in DEVICES:  # sm_121 and sm_90 keep it
         assert space_mod.space("mlp1", shape, device).check(config, shape, device) is None
     assert space_mod.dequant_supported(_base(dequant="upcast"), shape, INTERPRETER) is None
+
+
+def test_gemv_offered_at_decode_only():
+    assert space_mod.gemv_offered(gpt_oss_shape("mlp1", 1, 32))
+    assert space_mod.gemv_offered(gpt_oss_shape("mlp1", 64, 32))  # 8 rows per expert: BLOCK_M=16 only
+    assert not space_mod.gemv_offered(gpt_oss_shape("mlp1", 128, 32))
+    names = {p.name: p.choices for p in space_mod.space("mlp2", gpt_oss_shape("mlp2", 2048, 32), GB10).params}
+    assert names["path"] == ("mma",) and 16 not in names["BLOCK_N"] and 512 not in names["BLOCK_K"]
+
+
+@pytest.mark.parametrize("variant", ["mlp1", "mlp2"])
+def test_gemv_suggestions_are_constructible(variant):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    shape = gpt_oss_shape(variant, 1, 32)
+    space = space_mod.space(variant, shape, H100_LIKE)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    paths = set()
+    for _ in range(200):
+        trial = study.ask()
+        config = space.suggest(trial)
+        MoeGemmConfig(**config)
+        paths.add(config["path"])
+        if config["path"] == "gemv":  # the MMA-only tunables are inactive; the gemv decodes with Triton ops
+            assert {"GROUP_M", "schedule", "programs_per_sm"}.isdisjoint(trial.params)
+            assert (config["GROUP_M"], config["schedule"], config["dequant"]) == (1, "grid", "upcast")
+        if config["dequant"] != "upcast":  # path only chosen with the upcast decode
+            assert "path" not in trial.params and config["path"] == "mma"
+        study.tell(trial, 1.0)
+    assert paths == {"mma", "gemv"}
+
+
+def test_gemv_register_and_split_k_limits():
+    shape = gpt_oss_shape("mlp1", 1, 32)
+    gemv = _base(path="gemv", BLOCK_N=256, BLOCK_K=512, num_warps=4)
+    reason = space_mod.gemv_tile_fits_registers(gemv, shape, H100_LIKE)
+    assert reason is not None and "1024 float32 weights per thread > 128" in reason
+    assert space_mod.gemv_tile_fits_registers(_base(path="gemv", BLOCK_N=64, BLOCK_K=256), shape, H100_LIKE) is None
+    assert space_mod.gemv_tile_fits_registers(_base(BLOCK_N=256, BLOCK_K=512), shape, H100_LIKE) is None  # mma
+    # mlp2 M=1: 4 x 2880/64 = 180 tiles: split-K stays useful for the gemv (< 16 per SM; the MMA rule of 2 waves
+    # would allow it too); mlp1 M=2: 8 x 5760/16 = 2880 tiles >= 16 x 48 on GB10: pruned
+    mlp2 = gpt_oss_shape("mlp2", 1, 32)
+    assert space_mod.split_k_useful(_base(path="gemv", BLOCK_N=64, SPLIT_K=2), mlp2, H100_LIKE) is None
+    mlp1 = gpt_oss_shape("mlp1", 2, 32)
+    reason = space_mod.split_k_useful(_base(path="gemv", BLOCK_N=16, SPLIT_K=2, fuse_swiglu=False), mlp1, GB10)
+    assert reason is not None and "2880 tiles >= 16 programs per SM" in reason

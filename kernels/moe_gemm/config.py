@@ -10,6 +10,13 @@ sum over the top-k."""
 
 SCHEDULES = ("grid", "persistent")
 DEQUANT_PATHS = ("dot_scaled", "upcast", "upcast_ptx")
+PATHS = ("mma", "gemv")
+"""Kernel designs: "mma" (BLOCK_M x BLOCK_N tiles through the tensor cores, BLOCK_M >= 16 rows, padded when an
+expert has fewer) and "gemv" (CUDA-core dot products for few rows per expert: BLOCK_M in 1..16 rows, no padding to an
+MMA tile; see :func:`kernels.moe_gemm.triton_kernels.moe_mxfp4_gemv_kernel`)."""
+GEMV_MAX_BLOCK_M = 16
+"""Most rows one gemv program owns: its FMAs grow with BLOCK_M while its weight decode does not, so past ~16 rows per
+expert the MMA path does the same work with tensor cores."""
 
 
 def _is_pow2(value: int) -> bool:
@@ -78,10 +85,15 @@ class MoeGemmConfig:
     """Launch config of :func:`kernels.moe_gemm.moe_mlp1` / :func:`kernels.moe_gemm.moe_mlp2`.
 
     Attributes:
-        BLOCK_M: routed rows per tile (power of two ≥ 16, the smallest tl.dot M).
+        path: "mma" (tensor-core tiles) or "gemv" (CUDA-core dot products for few rows per expert); see
+            :data:`PATHS`.
+        BLOCK_M: routed rows per tile (path "mma": power of two ≥ 16, the smallest tl.dot M; path "gemv": power of
+            two in 1..16, the most rows of one expert a program multiplies with each decoded weight tile; its loop
+            runs over the real rows only, so the default 16 covers an expert's rows in one program).
         BLOCK_N: output features per tile (power of two ≥ 16).
         BLOCK_K: reduction step (power of two, multiple of the MXFP4 group 32).
-        GROUP_M: row blocks that sweep the N blocks together (L2 reuse of weight tiles).
+        GROUP_M: row blocks that sweep the N blocks together (L2 reuse of weight tiles; path "mma" only, must be 1
+            for "gemv", whose programs already reuse each weight tile over their BLOCK_M rows).
         num_warps: warps per program.
         num_stages: software-pipelining depth of the K loop.
         schedule: "grid" (one program per tile) or "persistent" (programs_per_sm · SMs programs loop over tiles).
@@ -90,7 +102,8 @@ class MoeGemmConfig:
             SwiGLU for SPLIT_K > 1, since the activation applies to the whole sum.
         fuse_swiglu: mlp1 only: SwiGLU in the GEMM epilogue instead of a second kernel over h.
         dequant: "dot_scaled" (``tl.dot_scaled`` with e2m1 operands), "upcast" (decode to the activation dtype in
-            registers, then ``tl.dot``) or "upcast_ptx" (the same with the inline-PTX decode; bf16, sm_90+).
+            registers, then ``tl.dot``) or "upcast_ptx" (the same with the inline-PTX decode; bf16, sm_90+). Path
+            "gemv" decodes with Triton ops to float32 and takes "upcast" only.
 
     The field defaults are the shape-independent part of the default config; the tile fields' defaults are generic
     and :func:`kernels.moe_gemm.heuristics.default_config` replaces them per shape and device (it is the default a
@@ -111,14 +124,27 @@ class MoeGemmConfig:
     SPLIT_K: int = 1
     fuse_swiglu: bool = True
     dequant: str = "upcast"
+    path: str = "mma"
 
     def __post_init__(self) -> None:
         for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "SPLIT_K", "programs_per_sm"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not _is_pow2(value):
                 raise ValueError(f"{name}={value!r} must be a positive power of two")
-        if min(self.BLOCK_M, self.BLOCK_N) < 16:
+        if self.path not in PATHS:
+            raise ValueError(f"path={self.path!r} must be one of {PATHS}")
+        if self.path == "mma" and min(self.BLOCK_M, self.BLOCK_N) < 16:
             raise ValueError(f"BLOCK_M={self.BLOCK_M} and BLOCK_N={self.BLOCK_N} must be ≥ 16 (tl.dot minimum)")
+        if self.path == "gemv":
+            if self.BLOCK_M > GEMV_MAX_BLOCK_M:
+                raise ValueError(f"path='gemv' takes BLOCK_M <= {GEMV_MAX_BLOCK_M} rows, got {self.BLOCK_M}")
+            if self.BLOCK_N < 16:
+                raise ValueError(f"path='gemv' needs BLOCK_N >= 16, got {self.BLOCK_N}")
+            if self.dequant != "upcast":
+                raise ValueError(f"path='gemv' decodes with Triton ops (dequant='upcast'), got {self.dequant!r}: "
+                                 "tl.dot_scaled needs an MMA and the inline-PTX decode is not written for it")
+            if self.schedule != "grid" or self.GROUP_M != 1:
+                raise ValueError("path='gemv' runs one program per tile (schedule='grid', GROUP_M=1)")
         if self.BLOCK_K < 32:
             raise ValueError(f"BLOCK_K={self.BLOCK_K} must be a multiple of the MXFP4 group size 32")
         if not isinstance(self.num_stages, int) or not 1 <= self.num_stages <= 8:

@@ -8,11 +8,12 @@ and ``is_gpu`` (``autotune.device.DeviceProfile`` is one); ``None`` means "no de
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from kernels import next_pow2
-from kernels.moe_gemm.config import MoeGemmConfig
+from kernels.moe_gemm.config import GEMV_MAX_BLOCK_M, MoeGemmConfig
 
 
 def rows_per_expert(shape: Mapping[str, int]) -> float:
@@ -32,8 +33,52 @@ def estimated_shared_bytes(config: Mapping[str, Any], act_bytes: int = 2) -> int
     return max(1, config["num_stages"]) * per_stage
 
 
+GEMV_MAX_ROWS = 8
+"""Largest routed-row count R = M·top_k of a call at which the default is the gemv path (gpt-oss: M <= 2). Measured
+on the H200 (scripts/results/2026-12-02-h200-moe-variants-run2*.md, Triton 3.6, defaults of both paths): the gemv
+was faster at R = 4 and 8 (20b mlp1 38.6 vs 43.4 µs and 59.9 vs 69.6; mlp2 19.5 vs 33.2 and 33.9 vs 41.8; 120b M=1
+alike), even at R = 16 for mlp2 (62.7 vs 63.8) but slower for mlp1 (107 vs 92), and slower at R >= 32."""
+
+GEMV_BLOCK_N = 64
+"""Output columns per gemv program: 64 weight rows × BLOCK_K/2 bytes per K step (4 · 5760/64 = 360 mlp1 programs at
+M = 1). The fastest BLOCK_N of the gemv sweep at M = 1 for both variants on the H200 (run 2 above; 32 at M = 8)."""
+
+GEMV_BLOCK_K = 256
+"""K per gemv step: 128 contiguous bytes (one 128-byte cache line) of each weight row per load; faster than 512 in
+every cell of the H200 sweep."""
+
+GEMV_NUM_STAGES = 1
+"""The H200 sweep's fastest at M = 1 (33.8 µs mlp1 / 19.4 µs mlp2 against 38.6 / 19.5 for 2 stages at BLOCK_N 32)."""
+
+GEMV_TARGET_PROGRAMS_PER_SM = 2
+"""Split-K of the default gemv (mlp2 only, whose output is accumulated atomically anyway) is the smallest power of
+two giving at least this many programs per SM: SPLIT_K = 2 at mlp2 M = 1 (4 · 2880/64 = 180 programs), the H200
+sweep's best of 1, 2, 4 there."""
+
+
+def _gemv_default(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
+    """Default of ``path="gemv"``: one program per BLOCK_N columns of (up to 16 of) one expert's rows, split-K (mlp2, whose output
+    is accumulated atomically anyway) until the SMs hold about GEMV_TARGET_PROGRAMS_PER_SM programs each."""
+    rpe = rows_per_expert(shape)
+    block_m = GEMV_MAX_BLOCK_M  # the row loop runs over the real rows only: one program covers an expert's rows
+    block_n = min(GEMV_BLOCK_N, max(16, next_pow2(shape["N"])))
+    block_k = min(GEMV_BLOCK_K, max(32, next_pow2(shape["K"])))
+    split_k = 1
+    if variant == "mlp2" and device is not None and getattr(device, "is_gpu", False):
+        rows = shape["M"] * shape["top_k"]
+        experts = min(shape["E"], rows)
+        programs = experts * math.ceil(rpe / block_m) * math.ceil(shape["N"] / block_n)
+        k_steps = math.ceil(shape["K"] / block_k)
+        while (split_k * 2 <= min(8, k_steps)
+               and programs * split_k < GEMV_TARGET_PROGRAMS_PER_SM * device.sm_count):
+            split_k *= 2
+    return MoeGemmConfig(path="gemv", BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, num_warps=4,
+                         num_stages=GEMV_NUM_STAGES, SPLIT_K=split_k).as_dict()
+
+
 def default_config(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
-    """The config without a table: BLOCK_M from the rows per expert, wide N tiles for prefill.
+    """The config without a table: the gemv path for at most GEMV_MAX_ROWS routed rows; else the MMA path with
+    BLOCK_M from the rows per expert, wide N tiles for prefill.
 
     The choices follow the first H100 sweep (scripts/results/2026-11-21-h100-explore.log, Triton 3.6): BLOCK_N=64
     with BLOCK_K=128 and the upcast path led at decode; 128x128x64 tiles at 8192 tokens. Two pipeline stages instead
@@ -47,6 +92,22 @@ def default_config(variant: str, shape: Mapping[str, int], device) -> dict[str, 
     Returns:
         A complete config dict (every field of :class:`MoeGemmConfig`).
     """
+    path = "gemv" if shape["M"] * shape["top_k"] <= GEMV_MAX_ROWS else "mma"
+    return path_default(variant, shape, device, path)
+
+
+def path_default(variant: str, shape: Mapping[str, int], device, path: str) -> dict[str, Any]:
+    """The default config of one kernel path (``"mma"`` or ``"gemv"``, :data:`kernels.moe_gemm.config.PATHS`) at a
+    shape, whatever the rows per expert: what :func:`default_config` returns when it picks that path (benchmarks
+    time both to place the switch).
+
+    Raises:
+        ValueError: for an unknown path.
+    """
+    if path == "gemv":
+        return _gemv_default(variant, shape, device)
+    if path != "mma":
+        raise ValueError(f"unknown moe_gemm path {path!r}")
     block_m = min(128, max(16, next_pow2(rows_per_expert(shape))))
     prefill = block_m >= 64
     config = MoeGemmConfig(  # the other fields (4 warps, grid schedule, the upcast decode, fused SwiGLU, no split-K)

@@ -12,7 +12,8 @@ import triton
 
 from kernels.launch_plan import KernelLaunch
 from kernels.moe_gemm.config import MoeGemmConfig
-from kernels.moe_gemm.triton_kernels import DEQUANT_CODES, moe_mxfp4_gemm_kernel, swiglu_kernel
+from kernels.moe_gemm.triton_kernels import (DEQUANT_CODES, moe_mxfp4_gemm_kernel, moe_mxfp4_gemv_kernel,
+                                             swiglu_kernel)
 from kernels.moe_routing import Routing, max_row_blocks
 
 SWIGLU_ALPHA = 1.702
@@ -20,6 +21,9 @@ SWIGLU_ALPHA = 1.702
 
 SWIGLU_LIMIT = 7.0
 """gpt-oss clamp of the gate (above) and of the linear half (both sides); config.json ``swiglu_limit``."""
+
+GEMV_SWIGLU_COLS = 256
+"""Output columns per program of the unfused SwiGLU pass after a gemv (a power of two; 512 B of fp16 per row)."""
 
 _ACT_FORMATS = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 _INTERPRETER_SMS = 4
@@ -114,6 +118,10 @@ def gemm_launch(
         raise ValueError(problem)
     num_m_blocks = max_row_blocks(routing.num_rows, num_experts, config.BLOCK_M)
     total_tiles = num_m_blocks * triton.cdiv(n, config.BLOCK_N) * config.SPLIT_K
+    if config.path == "gemv":
+        return _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks, total_tiles,
+                            gather_a=gather_a, scatter_out=scatter_out, fuse_swiglu=fuse_swiglu,
+                            atomic_out=atomic_out)
     persistent = config.schedule == "persistent"
     num_programs = min(total_tiles, _num_sms(a.device) * config.programs_per_sm) if persistent else total_tiles
     args = (
@@ -134,10 +142,32 @@ def gemm_launch(
     return KernelLaunch(moe_mxfp4_gemm_kernel, (num_programs,), args, kwargs)
 
 
+def _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks, total_tiles, *, gather_a,
+                 scatter_out, fuse_swiglu, atomic_out) -> KernelLaunch:
+    """The :func:`moe_mxfp4_gemv_kernel` launch of ``config.path == "gemv"`` (arguments as :func:`gemm_launch`):
+    one program per (row block, N block, K slice), no persistent schedule."""
+    num_experts, n = w_blocks.shape[0], w_blocks.shape[1]
+    args = (
+        a, w_blocks, w_scales, bias, out, routing.expert_offsets, routing.row_token, routing.row_gate,
+        n, a.shape[1], num_m_blocks,
+        a.stride(0), w_blocks.stride(0), w_blocks.stride(1), w_scales.stride(0), w_scales.stride(1),
+        bias.stride(0), out.stride(0),
+    )
+    kwargs = {
+        "NUM_EXPERTS": num_experts, "EXPERTS_POW2": triton.next_power_of_2(num_experts),
+        "GATHER_A": gather_a, "SCATTER_OUT": scatter_out, "FUSE_SWIGLU": fuse_swiglu, "ATOMIC_OUT": atomic_out,
+        "SWIGLU_ALPHA": SWIGLU_ALPHA, "SWIGLU_LIMIT": SWIGLU_LIMIT,
+        "BLOCK_M": config.BLOCK_M, "BLOCK_N": config.BLOCK_N, "BLOCK_K": config.BLOCK_K, "SPLIT_K": config.SPLIT_K,
+        "num_warps": config.num_warps, "num_stages": config.num_stages,
+    }
+    return KernelLaunch(moe_mxfp4_gemv_kernel, (total_tiles,), args, kwargs)
+
+
 def swiglu_launch(h: torch.Tensor, out: torch.Tensor, config: MoeGemmConfig) -> KernelLaunch:
-    """The unfused SwiGLU pass ``h [R, N] → out [R, N/2]``, tiled by the config's BLOCK_M × BLOCK_N/2."""
+    """The unfused SwiGLU pass ``h [R, N] → out [R, N/2]``, tiled by the config's BLOCK_M × BLOCK_N/2 (path "gemv":
+    BLOCK_M × 256, since its narrow N tiles would give programs of a few elements)."""
     rows, cols = out.shape
-    block_c = config.BLOCK_N // 2
+    block_c = config.BLOCK_N // 2 if config.path == "mma" else GEMV_SWIGLU_COLS
     grid = (triton.cdiv(rows, config.BLOCK_M), triton.cdiv(cols, block_c))
     args = (h, out, rows, cols, h.stride(0), out.stride(0))
     kwargs = dict(ALPHA=SWIGLU_ALPHA, LIMIT=SWIGLU_LIMIT, BLOCK_R=config.BLOCK_M, BLOCK_C=block_c,

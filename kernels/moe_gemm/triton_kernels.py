@@ -47,13 +47,30 @@ def decode_e2m1_tile(packed, scales, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexp
     The 3 magnitude bits of an e2m1 code placed at fp16 bits 11..9 (sign at bit 15) give an fp16 whose value is the
     e2m1 value times 2**-14, subnormal 0.5 included, so value = fp16 · 2**(scale - 127 + 14).
     """
-    codes = tl.join(packed & 0x0F, packed >> 4).reshape(BLOCK_N, BLOCK_K).to(tl.uint16)  # [BN, BK]
-    bits = ((codes & 0x8) << 12) | ((codes & 0x7) << 9)
-    values = bits.to(tl.float16, bitcast=True).to(tl.float32)  # [BN, BK]
-    # 2**(scale - 113) built from its fp32 bit pattern: exponent field = scale - 113 + 127.
-    factor = ((scales.to(tl.int32) + 14) << 23).to(tl.float32, bitcast=True)  # [BN, BK // 32]
+    codes = tl.join(packed & 0x0F, packed >> 4).reshape(BLOCK_N, BLOCK_K)  # [BN, BK]
+    values = decode_e2m1_unscaled(codes)  # [BN, BK]
+    factor = e8m0_factor(scales)  # [BN, BK // 32]
     values = values.reshape(BLOCK_N, BLOCK_K // 32, 32) * factor[:, :, None]
     return values.reshape(BLOCK_N, BLOCK_K).to(OUT_DTYPE)
+
+
+@triton.jit
+def decode_e2m1_unscaled(codes):
+    """e2m1 codes (integers 0..15, any shape) → float32 ``code_value · 2**-14``, exact for every code.
+
+    The 3 magnitude bits placed at fp16 bits 11..9 (sign at bit 15) give an fp16 whose value is the e2m1 value times
+    2**-14 (subnormal 0.5 included); :func:`e8m0_factor` folds the 2**14 back into the scale.
+    """
+    c = codes.to(tl.uint16)
+    bits = ((c & 0x8) << 12) | ((c & 0x7) << 9)
+    return bits.to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def e8m0_factor(scales):
+    """float32 ``2**(scale - 127 + 14)`` of e8m0 bytes (any shape), the factor of :func:`decode_e2m1_unscaled`
+    values; built from its fp32 bit pattern (exponent field scale + 14), so valid for scales 0..240."""
+    return ((scales.to(tl.int32) + 14) << 23).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -62,6 +79,70 @@ def _swiglu_oai(gate, lin, ALPHA: tl.constexpr, LIMIT: tl.constexpr):
     gate = tl.minimum(gate, LIMIT)
     lin = tl.minimum(tl.maximum(lin, -LIMIT), LIMIT)
     return gate * tl.sigmoid(ALPHA * gate) * (lin + 1.0)
+
+
+@triton.jit
+def _segment_table(expert_offsets_ptr, NUM_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
+                   BLOCK_M: tl.constexpr):
+    """Row-block schedule of the expert segments, which every program derives from ``expert_offsets`` [E + 1]:
+    ``(e_idx, seg_start, seg_end, seg_blocks, blocks_through, real_m_blocks)``, the first five ``[EXPERTS_POW2]``
+    int32 (``blocks_through[e]``: row blocks of experts 0..e inclusive), the last the total row-block count."""
+    e_idx = tl.arange(0, EXPERTS_POW2)
+    e_mask = e_idx < NUM_EXPERTS
+    seg_start = tl.load(expert_offsets_ptr + e_idx, mask=e_mask, other=0)
+    seg_end = tl.load(expert_offsets_ptr + e_idx + 1, mask=e_mask, other=0)
+    seg_blocks = (seg_end - seg_start + BLOCK_M - 1) // BLOCK_M
+    blocks_through = tl.cumsum(seg_blocks, axis=0)
+    real_m_blocks = tl.sum(seg_blocks, axis=0)
+    return e_idx, seg_start, seg_end, seg_blocks, blocks_through, real_m_blocks
+
+
+@triton.jit
+def _row_block(pid_m, e_idx, seg_start, seg_end, seg_blocks, blocks_through, BLOCK_M: tl.constexpr):
+    """Expert and sorted-row range ``[row_begin, row_end)`` of row block ``pid_m`` (< the real block count).
+
+    ``seg_start``/``seg_end``/``seg_blocks``/``blocks_through`` are the ``[EXPERTS_POW2]`` segment table every program
+    derives from ``expert_offsets``; row block ``pid_m`` belongs to the first expert whose cumulative block count
+    exceeds it. ``row_end`` is the expert's segment end (rows past ``row_begin + BLOCK_M`` belong to the next block).
+    """
+    expert = tl.sum((blocks_through <= pid_m).to(tl.int32), axis=0)
+    is_expert = e_idx == expert
+    first_block = tl.sum(tl.where(is_expert, blocks_through - seg_blocks, 0), axis=0)
+    row_begin = tl.sum(tl.where(is_expert, seg_start, 0), axis=0) + (pid_m - first_block) * BLOCK_M
+    row_end = tl.sum(tl.where(is_expert, seg_end, 0), axis=0)
+    return expert, row_begin, row_end
+
+
+@triton.jit
+def _epilogue(acc, rows, row_mask, offs_n, n_mask, pid_n, split, expert, bias_ptr, out_ptr, row_token_ptr,
+              row_gate_ptr, N, stride_be, stride_om,
+              SCATTER_OUT: tl.constexpr, FUSE_SWIGLU: tl.constexpr, ATOMIC_OUT: tl.constexpr,
+              SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Bias, then the output of one ``[BLOCK_M, BLOCK_N]`` float32 tile ``acc`` (rows ``rows``, columns ``offs_n``)
+    of expert ``expert`` and K slice ``split``: the fused SwiGLU store ``[R, N/2]`` (FUSE_SWIGLU), the gate-weighted
+    atomic scatter into ``out[row_token[r]]`` (SCATTER_OUT), or a store / float32 atomic add of ``[R, N]``."""
+    # Bias once per output element: only the first K split adds it.
+    first_split = (tl.zeros((BLOCK_N,), dtype=tl.int32) + split) == 0
+    bias = tl.load(bias_ptr + expert.to(tl.int64) * stride_be + offs_n, mask=n_mask & first_split, other=0.0)
+    acc += bias.to(tl.float32)[None, :]
+    if FUSE_SWIGLU:
+        gate, lin = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))  # even columns gate, odd linear
+        y = _swiglu_oai(gate, lin, SWIGLU_ALPHA, SWIGLU_LIMIT)  # [BM, BN // 2]
+        offs_c = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_om + offs_c[None, :]
+        tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & (offs_c[None, :] < N // 2))
+    elif SCATTER_OUT:
+        gate = tl.load(row_gate_ptr + rows, mask=row_mask, other=0.0)
+        token = tl.load(row_token_ptr + rows, mask=row_mask, other=0)
+        ptrs = out_ptr + token.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+        tl.atomic_add(ptrs, acc * gate[:, None], mask=row_mask[:, None] & n_mask[None, :], sem="relaxed")
+    else:
+        ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+        mask = row_mask[:, None] & n_mask[None, :]
+        if ATOMIC_OUT:
+            tl.atomic_add(ptrs, acc, mask=mask, sem="relaxed")
+        else:
+            tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -86,11 +167,8 @@ def _gemm_tile(
     pid_m = first_m + (t % tiles_per_group) % group_rows
     pid_n = (t % tiles_per_group) // group_rows
     if pid_m < real_m_blocks:
-        expert = tl.sum((blocks_through <= pid_m).to(tl.int32), axis=0)
-        is_expert = e_idx == expert
-        first_block = tl.sum(tl.where(is_expert, blocks_through - seg_blocks, 0), axis=0)
-        row_begin = tl.sum(tl.where(is_expert, seg_start, 0), axis=0) + (pid_m - first_block) * BLOCK_M
-        row_end = tl.sum(tl.where(is_expert, seg_end, 0), axis=0)
+        expert, row_begin, row_end = _row_block(pid_m, e_idx, seg_start, seg_end, seg_blocks, blocks_through,
+                                                BLOCK_M)
         rows = row_begin + tl.arange(0, BLOCK_M)  # [BM]
         row_mask = rows < row_end
         if GATHER_A:
@@ -126,28 +204,9 @@ def _gemm_tile(
                 packed = tl.load(w_base + offs_n[None, :] * stride_wn + offs_b[:, None],
                                  mask=n_mask[None, :] & (offs_b[:, None] < K // 2), other=0)  # [BK // 2, BN]
                 acc = tl.dot_scaled(a, None, ACT_FORMAT, packed, scales, "e2m1", acc)
-        # Bias once per output element: only the first K split adds it.
-        first_split = (tl.zeros((BLOCK_N,), dtype=tl.int32) + split) == 0
-        bias = tl.load(bias_ptr + expert.to(tl.int64) * stride_be + offs_n, mask=n_mask & first_split, other=0.0)
-        acc += bias.to(tl.float32)[None, :]
-        if FUSE_SWIGLU:
-            gate, lin = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))  # even columns gate, odd linear
-            y = _swiglu_oai(gate, lin, SWIGLU_ALPHA, SWIGLU_LIMIT)  # [BM, BN // 2]
-            offs_c = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-            ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_om + offs_c[None, :]
-            tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & (offs_c[None, :] < N // 2))
-        elif SCATTER_OUT:
-            gate = tl.load(row_gate_ptr + rows, mask=row_mask, other=0.0)
-            token = tl.load(row_token_ptr + rows, mask=row_mask, other=0)
-            ptrs = out_ptr + token.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
-            tl.atomic_add(ptrs, acc * gate[:, None], mask=row_mask[:, None] & n_mask[None, :], sem="relaxed")
-        else:
-            ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
-            mask = row_mask[:, None] & n_mask[None, :]
-            if ATOMIC_OUT:
-                tl.atomic_add(ptrs, acc, mask=mask, sem="relaxed")
-            else:
-                tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        _epilogue(acc, rows, row_mask, offs_n, n_mask, pid_n, split, expert, bias_ptr, out_ptr, row_token_ptr,
+                  row_gate_ptr, N, stride_be, stride_om, SCATTER_OUT, FUSE_SWIGLU, ATOMIC_OUT, SWIGLU_ALPHA,
+                  SWIGLU_LIMIT, BLOCK_M, BLOCK_N)
 
 
 @triton.jit(do_not_specialize=["num_m_blocks", "num_programs"])
@@ -172,14 +231,8 @@ def moe_mxfp4_gemm_kernel(
     token count M.
     """
     pid = tl.program_id(0)
-    # Row-block schedule of the expert segments: every program derives the same small table from expert_offsets.
-    e_idx = tl.arange(0, EXPERTS_POW2)
-    e_mask = e_idx < NUM_EXPERTS
-    seg_start = tl.load(expert_offsets_ptr + e_idx, mask=e_mask, other=0)
-    seg_end = tl.load(expert_offsets_ptr + e_idx + 1, mask=e_mask, other=0)
-    seg_blocks = (seg_end - seg_start + BLOCK_M - 1) // BLOCK_M
-    blocks_through = tl.cumsum(seg_blocks, axis=0)  # row blocks of experts 0..e inclusive
-    real_m_blocks = tl.sum(seg_blocks, axis=0)
+    e_idx, seg_start, seg_end, seg_blocks, blocks_through, real_m_blocks = _segment_table(
+        expert_offsets_ptr, NUM_EXPERTS, EXPERTS_POW2, BLOCK_M)
     if PERSISTENT:
         total_tiles = num_m_blocks * tl.cdiv(N, BLOCK_N) * SPLIT_K
         for tile in range(pid, total_tiles, num_programs):
@@ -194,6 +247,90 @@ def moe_mxfp4_gemm_kernel(
                    stride_om, e_idx, seg_start, seg_end, seg_blocks, blocks_through, real_m_blocks,
                    GATHER_A, SCATTER_OUT, FUSE_SWIGLU, ATOMIC_OUT, SWIGLU_ALPHA, SWIGLU_LIMIT, DEQUANT,
                    ACT_FORMAT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K)
+
+
+@triton.jit(do_not_specialize=["num_m_blocks"])
+def moe_mxfp4_gemv_kernel(
+    a_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, expert_offsets_ptr, row_token_ptr, row_gate_ptr,
+    N, K, num_m_blocks,
+    stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_om,
+    NUM_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
+    GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr, FUSE_SWIGLU: tl.constexpr, ATOMIC_OUT: tl.constexpr,
+    SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    """MoE grouped GEMV with MXFP4 weights for few rows per expert (decode): CUDA-core dot products, no MMA tile.
+
+    Same pointers, flags and output contract as :func:`moe_mxfp4_gemm_kernel`. Program ``pid`` owns BLOCK_N output
+    columns (``pid % cdiv(N, BLOCK_N)``), one K slice of ``SPLIT_K`` and one block of at most BLOCK_M sorted rows of
+    one expert (``pid // (cdiv(N, BLOCK_N) · SPLIT_K)``, the row-block schedule of the MMA kernel; the loop over the
+    rows runs over the block's real rows only, so BLOCK_M = 16 costs one row's work for a 1-row expert); the grid is
+    ``num_m_blocks · cdiv(N, BLOCK_N) · SPLIT_K`` programs. Per K step it loads the ``[BLOCK_N, BLOCK_K/32, 16]``
+    packed bytes (16 contiguous bytes per scale group, ``BLOCK_K/2`` per weight row: wide loads along K) and their
+    ``[BLOCK_N, BLOCK_K/32]`` scales, decodes the low (even K) and high (odd K) nibbles to float32, multiplies them
+    with the matching even/odd activations of one row, sums each 32-weight group and applies the group's e8m0 scale
+    to that sum (one multiply per group instead of per weight); the rows of the block are taken one after another.
+    float32 throughout, so the result matches the fp32 reference to the accumulation order, for any activation
+    dtype (fp16/bf16/fp32).
+    """
+    pid = tl.program_id(0)
+    num_n_blocks = tl.cdiv(N, BLOCK_N)
+    pid_n = pid % num_n_blocks
+    split = (pid // num_n_blocks) % SPLIT_K
+    pid_m = pid // (num_n_blocks * SPLIT_K)
+    e_idx, seg_start, seg_end, seg_blocks, blocks_through, real_m_blocks = _segment_table(
+        expert_offsets_ptr, NUM_EXPERTS, EXPERTS_POW2, BLOCK_M)
+    if pid_m < real_m_blocks:
+        expert, row_begin, row_end = _row_block(pid_m, e_idx, seg_start, seg_end, seg_blocks, blocks_through,
+                                                BLOCK_M)
+        m_ids = tl.arange(0, BLOCK_M)
+        rows = row_begin + m_ids  # [BM]
+        row_mask = rows < row_end
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
+        n_mask = offs_n < N
+        GROUPS: tl.constexpr = BLOCK_K // 32
+        offs_g = tl.arange(0, GROUPS)
+        offs_j = tl.arange(0, 16)
+        w_ptrs = (w_ptr + expert.to(tl.int64) * stride_we + offs_n.to(tl.int64)[:, None, None] * stride_wn
+                  + offs_g[None, :, None] * 16 + offs_j[None, None, :])  # [BN, G, 16]
+        s_ptrs = (s_ptr + expert.to(tl.int64) * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
+                  + offs_g[None, :])  # [BN, G]
+        a_offs = offs_g[:, None, None] * 32 + offs_j[None, :, None] * 2 + tl.arange(0, 2)[None, None, :]  # [G,16,2]
+        num_groups = K // 32
+        k_tiles = tl.cdiv(K, BLOCK_K)
+        k_tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
+        k_first = split * k_tiles_per_split
+        k_stop = tl.minimum(k_first + k_tiles_per_split, k_tiles)
+        if GATHER_A:
+            a_rows = tl.load(row_token_ptr + rows, mask=row_mask, other=0)  # [BM] activation row of each row
+        else:
+            a_rows = rows
+        num_rows = tl.minimum(row_end - row_begin, BLOCK_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        # Rows outside, K inside: the K loop keeps its partial sums in the layout of the decoded weights (no
+        # cross-thread reduction or layout change per step) and runs over the real rows only; a second row decodes
+        # the weights again, from L1/L2 (H200 run 1, 2026-12-02: the K-outside order, with a reduction and an
+        # accumulator update per row and step, ran at 0.15 of the copy bandwidth at M = 1).
+        for m in range(num_rows):
+            a_row = tl.sum(tl.where(m_ids == m, a_rows, 0), axis=0)
+            a_base = a_ptr + a_row.to(tl.int64) * stride_am
+            part = tl.zeros((BLOCK_N, GROUPS), dtype=tl.float32)
+            for kt in range(k_first, k_stop):
+                g0 = kt * GROUPS
+                g_mask = (g0 + offs_g) < num_groups  # [G]
+                packed = tl.load(w_ptrs + g0 * 16, mask=n_mask[:, None, None] & g_mask[None, :, None], other=0)
+                scales = tl.load(s_ptrs + g0, mask=n_mask[:, None] & g_mask[None, :], other=127)  # [BN, G]
+                w_even = decode_e2m1_unscaled(packed & 0x0F)  # [BN, G, 16]: weights k = 32g + 2j
+                w_odd = decode_e2m1_unscaled(packed >> 4)  # [BN, G, 16]: weights k = 32g + 2j + 1
+                a = tl.load(a_base + g0 * 32 + a_offs, mask=g_mask[:, None, None], other=0.0).to(tl.float32)
+                a_even, a_odd = tl.split(a)  # [G, 16] each
+                group_sums = tl.sum(w_even * a_even[None, :, :] + w_odd * a_odd[None, :, :], axis=2)  # [BN, G]
+                part += group_sums * e8m0_factor(scales)
+            dot = tl.sum(part, axis=1)  # [BN]
+            acc = tl.where(m_ids[:, None] == m, acc + dot[None, :], acc)
+        _epilogue(acc, rows, row_mask, offs_n, n_mask, pid_n, split, expert, bias_ptr, out_ptr, row_token_ptr,
+                  row_gate_ptr, N, stride_be, stride_om, SCATTER_OUT, FUSE_SWIGLU, ATOMIC_OUT, SWIGLU_ALPHA,
+                  SWIGLU_LIMIT, BLOCK_M, BLOCK_N)
 
 
 @triton.jit

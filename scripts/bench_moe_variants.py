@@ -1,0 +1,217 @@
+"""Benchmark of the MoE GEMM kernel paths: the default config of each path ("mma", "gemv") per variant and M.
+
+For mlp1 and mlp2 at gpt-oss widths and each token count M it times the default config of every path
+(:func:`kernels.moe_gemm.heuristics.path_default`), after checking it against the fp32 reference, and prints the
+median µs, GB/s and its fraction of the copy bandwidth measured in the same run (:mod:`autotune.device.peaks`),
+TFLOP/s and its fraction of the measured bf16 matmul rate, and which path the default heuristic picks. The gemv path
+is timed where the search space offers it (at most 8 rows per expert; beyond it a 16-row MMA tile does the same
+work). Timing is the tuner's (:func:`autotune.tuning.timing.median_us`: CUDA-graph replay over input sets that
+rotate experts, so the weights come from DRAM).
+
+``--gemv-sweep`` also times a small grid of gemv configs (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT_K) at each
+decode M and prints the fastest: evidence for the gemv defaults, not a substitute for ``autotune run``.
+
+    python scripts/bench_moe_variants.py --out scripts/results/<date>-<device>-moe-variants.md   # H200: ~1-2 min
+    python scripts/bench_moe_variants.py --cpu-smoke    # tiny shapes under TRITON_INTERPRET=1 (tests run this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+M_VALUES = (1, 2, 4, 8, 16, 64, 256, 2048)
+MODELS = {"20b": 32, "120b": 128}
+SMOKE = {"hidden": 64, "intermediate": 64, "E": 4, "top_k": 2, "M": (1, 3, 16)}
+"""--cpu-smoke shapes: small enough for the interpreter (a few seconds per launch), M = 16 beyond the gemv range."""
+
+GEMV_SWEEP = {"BLOCK_N": (16, 32, 64), "BLOCK_K": (256, 512), "num_warps": (4, 8), "num_stages": (1, 2)}
+GEMV_SWEEP_SPLIT_K = (1, 2, 4)
+"""The --gemv-sweep grid (SPLIT_K for mlp2 only: mlp1's fused SwiGLU needs the whole K sum); small enough to
+compile and time in about a minute on an H200."""
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="20b")
+    parser.add_argument("--M", default=",".join(map(str, M_VALUES)), help="token counts, comma-separated")
+    parser.add_argument("--rep-ms", type=float, default=100.0, help="timed milliseconds per measurement")
+    parser.add_argument("--gemv-sweep", action="store_true", help="also sweep gemv configs at the --sweep-M values")
+    parser.add_argument("--sweep-M", default="1,8", help="token counts of --gemv-sweep, comma-separated")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes under the Triton interpreter")
+    parser.add_argument("--out", help="also write the markdown report here")
+    args = parser.parse_args(argv)
+    try:
+        args.M = [int(v) for v in args.M.split(",")]
+        args.sweep_M = [int(v) for v in args.sweep_M.split(",")]
+    except ValueError:
+        parser.error(f"--M and --sweep-M must be comma-separated integers, got {args.M!r} / {args.sweep_M!r}")
+    if not args.M or min(args.M) < 1:
+        parser.error("--M values must be >= 1")
+    return args
+
+
+class _Bench:
+    """Where and how to run: the GPU (bf16, CUDA-graph timing, measured peaks) or the interpreter (fp16, wall clock,
+    no peaks)."""
+
+    def __init__(self, cpu_smoke: bool):
+        import torch
+
+        self.cpu = cpu_smoke
+        self.device_name = "cpu" if cpu_smoke else "cuda"
+        self.dtype = torch.float16 if cpu_smoke else torch.bfloat16
+        if cpu_smoke:
+            from autotune.device import INTERPRETER
+
+            self.profile, self.copy_gbps, self.mm_tflops = INTERPRETER, math.nan, math.nan
+        else:
+            from autotune import device as device_mod
+            from autotune.device.peaks import measure_peaks
+
+            self.profile = device_mod.detect(0)
+            self.copy_gbps, self.mm_tflops = measure_peaks()
+
+    def header(self) -> list[str]:
+        import datetime
+        import platform
+
+        import torch
+        import triton
+
+        if self.cpu:
+            where = "Triton interpreter on the CPU (timings are not GPU numbers)"
+            driver = "n/a"
+        else:
+            from autotune.device import nvml_readings
+
+            where = f"{self.profile.name} ({self.profile.key}, {self.profile.sm_count} SMs)"
+            driver = nvml_readings.driver_version()
+        return [
+            (f"date {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; device {where}; driver {driver}; "
+             f"torch {torch.__version__}; triton {triton.__version__}; python {platform.python_version()}"),
+            (f"measured copy {self.copy_gbps:.0f} GB/s (read+write), bf16 8192^3 matmul {self.mm_tflops:.0f} "
+             f"TFLOP/s; activations {str(self.dtype).removeprefix('torch.')}"),
+        ]
+
+    def check(self, moe, variant, shape, config, seed) -> float:
+        """Row-wise error against the fp32 reference; raises RuntimeError over the tolerance."""
+        from autotune.tuning.evaluate import row_relative_error
+
+        inputs = moe.make_inputs(variant, shape, dtype=self.dtype, device=self.device_name, seed=seed)
+        err = row_relative_error(moe.launch(variant, inputs, config), moe.reference(variant, inputs))
+        tol = moe.tolerance(variant, self.dtype, config).max_rel_err
+        if not err <= tol:
+            raise RuntimeError(f"{variant} {shape} {config}: error {err:.2e} > {tol:.1e}")
+        return err
+
+    def time_us(self, moe, variant, sets, config, rep_ms) -> float:
+        from autotune.tuning.timing import median_us
+        from scripts.bench_common import kernel_calls
+
+        return median_us(kernel_calls(moe, variant, sets, config), on_gpu=not self.cpu, rep_ms=rep_ms).median_us
+
+
+def _timing_sets(moe, bench, variant, shape):
+    cache = 0 if bench.cpu else bench.profile.l2_bytes
+    return moe.make_timing_inputs(variant, shape, dtype=bench.dtype, device=bench.device_name, seed=7,
+                                  cache_bytes=cache)
+
+
+def _sweep_gemv(moe, bench, variant, shape, sets, rep_ms) -> tuple[float, dict] | None:
+    """Fastest of the GEMV_SWEEP grid at one shape (configs the search space would prune are skipped)."""
+    from search_spaces import moe_gemm as space_mod
+
+    space = space_mod.space(variant, shape.as_dict(), bench.profile)
+    best = None
+    splits = GEMV_SWEEP_SPLIT_K if variant == "mlp2" else (1,)
+    for values in itertools.product(*GEMV_SWEEP.values(), splits):
+        params = dict(zip((*GEMV_SWEEP, "SPLIT_K"), values))
+        config = {**moe.default_config(variant, shape.as_dict(), bench.profile), "path": "gemv", "GROUP_M": 1,
+                  "schedule": "grid", "programs_per_sm": 1, "dequant": "upcast", "BLOCK_M": 16, **params}
+        if space.check(config, shape.as_dict(), bench.profile) is not None:
+            continue
+        cfg = moe.config_from_dict(config)
+        us = bench.time_us(moe, variant, sets, cfg, rep_ms)
+        if best is None or us < best[0]:
+            best = (us, params)
+    return best
+
+
+def run(args) -> list[str]:
+    """Measure and return the report lines."""
+    import kernels.moe_gemm as moe
+    from kernels.moe_gemm.heuristics import path_default
+    from search_spaces.moe_gemm import gemv_offered
+
+    bench = _Bench(args.cpu_smoke)
+    if args.cpu_smoke:
+        dims = {k: SMOKE[k] for k in ("hidden", "intermediate", "E", "top_k")}
+        m_values, title = SMOKE["M"], "CPU smoke (tiny shapes)"
+    else:
+        dims = {"hidden": 2880, "intermediate": 2880, "E": MODELS[args.model], "top_k": 4}
+        m_values, title = args.M, f"gpt-oss-{args.model} shapes"
+    lines = [f"# MoE GEMM paths: default config of each path, {title}", "", *bench.header(), "",
+             ("| variant | M | rows/expert | path | default picks | us | GB/s | GB/s / copy | TFLOP/s | "
+              "TFLOP/s / bf16 mm | max err | config |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    sweeps = []
+    for variant in moe.VARIANTS:
+        for m in m_values:
+            shape = moe.MoeShape.for_variant(variant, M=m, **dims)
+            picks = moe.default_config(variant, shape.as_dict(), bench.profile)["path"]
+            sets = _timing_sets(moe, bench, variant, shape)
+            cost = moe.cost(variant, sets)
+            rpe = moe.heuristics.rows_per_expert(shape.as_dict())
+            for path in moe.config.PATHS:
+                if path == "gemv" and not gemv_offered(shape.as_dict()):
+                    lines.append(f"| {variant} | {m} | {rpe:.1f} | gemv | {picks} | n/a (> 8 rows per expert) "
+                                 "| | | | | | |")
+                    continue
+                config = moe.config_from_dict(path_default(variant, shape.as_dict(), bench.profile, path))
+                err = bench.check(moe, variant, shape, config, seed=11)
+                us = bench.time_us(moe, variant, sets, config, args.rep_ms)
+                gbps, tflops = cost.bytes / us / 1e3, cost.flops / us / 1e6
+                changed = {k: v for k, v in config.as_dict().items()
+                           if k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages", "dequant")}
+                lines.append(f"| {variant} | {m} | {rpe:.1f} | {path} | {picks} | {us:.1f} | {gbps:.0f} | "
+                             f"{gbps / bench.copy_gbps:.2f} | {tflops:.1f} | {tflops / bench.mm_tflops:.2f} | "
+                             f"{err:.1e} | {changed} |")
+                print(lines[-1], flush=True)
+            if args.gemv_sweep and gemv_offered(shape.as_dict()) and m in args.sweep_M:
+                best = _sweep_gemv(moe, bench, variant, shape, sets, min(args.rep_ms, 30.0))
+                if best is not None:
+                    us, params = best
+                    sweeps.append(f"| {variant} | {m} | {us:.1f} | {cost.bytes / us / 1e3:.0f} | "
+                                  f"{cost.bytes / us / 1e3 / bench.copy_gbps:.2f} | {params} |")
+                    print(sweeps[-1], flush=True)
+    if sweeps:
+        lines += ["", "## Fastest gemv config of the sweep (BLOCK_M=16)", "",
+                  "| variant | M | us | GB/s | GB/s / copy | config |", "|---|---|---|---|---|---|", *sweeps]
+    return lines
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    if args.cpu_smoke:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("autotune: error: bench_moe_variants needs a CUDA GPU (or --cpu-smoke)", file=sys.stderr)
+            return 2
+    from scripts.bench_common import emit_report
+
+    emit_report(run(args), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -74,7 +74,7 @@ def test_shared_memory_prunes_on_gb10_with_its_limit():
 @pytest.mark.parametrize("config, needle", [
     (_base(BLOCK_N=32, num_warps=4), "256 elements per thread > 128"),
     (_base(BLOCK_N=1, BLOCK_K=128, num_warps=8), "0.5 elements per thread < 1"),
-    (_base(BLOCK_K=1024, SPLIT_K=4), None),
+    (_base(BLOCK_K=1024, SPLIT_K=2), None),
 ])
 def test_accumulator_per_thread(config, needle):
     reason = space_mod.space("qkv", QKV, H100_LIKE).check(config, QKV, H100_LIKE)

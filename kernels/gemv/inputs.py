@@ -63,8 +63,8 @@ def make_rotating_inputs(shape: GemvShape, *, dtype: torch.dtype, device: torch.
     consecutive calls reads W from DRAM as a decode step does (between two calls of one layer the rest of the model
     streams far more than the L2 holds).
 
-    The router's W is 184 kB (32 × 2880 bf16): a 60 MB L2 takes ~980 sets (the H100 sweep cycled >= 200 MB of
-    copies, scripts/sweep_gemv.py before this module); at most ``max_sets``.
+    The router's W is 184 kB (32 × 2880 bf16): a 60 MB L2 takes ~980 sets (the H100 sweep of
+    scripts/results/2026-11-21-h100-gemv-sweep.md cycled >= 200 MB of copies); at most ``max_sets``.
 
     Args:
         shape, dtype, device, seed: as in :func:`make_inputs`.

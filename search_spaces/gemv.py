@@ -2,7 +2,9 @@
 
 Shape dimensions: M rows (tokens, 1..4), N output features, K input features. The values span the H100 sweep that
 chose the default (scripts/results/2026-11-21-h100-gemv-sweep.md: BLOCK_N 1-32 × BLOCK_K 128-1024 × 1-8 warps),
-plus pipeline depth and split-K, which that sweep did not try.
+plus split-K, which that sweep did not try. num_stages has one choice: with Triton 3.9 it does not change the
+compiled code of this kernel (identical PTX for 1-4 stages, offline sm_90 compile, 2026-12-02: the loads feed no
+``tl.dot``, so nothing is staged); give it more values when a Triton version pipelines them.
 Every constraint returns a reason string when a config cannot work or cannot be good (the trial is PRUNED with that
 reason before anything compiles) and None otherwise.
 """
@@ -36,7 +38,7 @@ def _params(variant: str, shape: Mapping[str, int], device) -> tuple[Param, ...]
         Param("BLOCK_N", tuple(b for b in BLOCK_N if b <= block_n_limit(shape)), doc="output features per program"),
         Param("BLOCK_K", block_k, doc="K elements per loop step and weight row"),
         Param("num_warps", (1, 2, 4, 8)),
-        Param("num_stages", (1, 2, 3, 4), doc="software-pipelining depth of the K loop"),
+        Param("num_stages", (3,), doc="software-pipelining depth of the K loop (no effect with Triton 3.9)"),
         Param("SPLIT_K", tuple(s for s in SPLITS if s == 1 or shape["K"] // s >= block_k[0]),
               doc="programs per output feature, each over one K slice, summed by a second kernel"),
     )
@@ -74,10 +76,11 @@ def split_k_useful(config, shape, device) -> str | None:
 
 
 def fits_shared_memory(config, shape, device) -> str | None:
-    """Pipelined W and x tiles must fit the device's shared memory per block (GB10: 101,376 B)."""
+    """The reduction scratch must fit the device's shared memory per block (GB10: 101,376 B; the largest config
+    here needs <= 32 kB, so this prunes only on a device with less)."""
     need = estimated_shared_bytes(config)
     if need > device.max_shared_mem_per_block:
-        return (f"shared memory: ~{need} B of pipelined W/x tiles > {device.max_shared_mem_per_block} B per block "
+        return (f"shared memory: ~{need} B of reduction scratch > {device.max_shared_mem_per_block} B per block "
                 f"on {device.name}")
     return None
 

@@ -15,8 +15,14 @@ import math
 from collections.abc import Mapping
 
 from autotune.tuning.space import Param, SearchSpace
-from kernels.gemv.heuristics import (MAX_ACC_PER_THREAD, acc_per_thread, block_k_limit, block_n_limit,
-                                     default_config, estimated_shared_bytes)
+from kernels.gemv.heuristics import (
+    MAX_ACC_PER_THREAD,
+    acc_per_thread,
+    block_k_limit,
+    block_n_limit,
+    default_config,
+    estimated_shared_bytes,
+)
 
 BLOCK_N = (1, 2, 4, 8, 16, 32)
 BLOCK_K = (16, 32, 64, 128, 256, 512, 1024)

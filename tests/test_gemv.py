@@ -42,8 +42,8 @@ def test_matches_linear(rows, n, k, bias, split, dtype):
     torch.testing.assert_close(got.double(), ref, rtol=rtol, atol=rtol * float(ref.abs().max()))
 
 
-@pytest.mark.parametrize("overrides", [dict(BLOCK_N=4, BLOCK_K=16, num_warps=1), dict(BLOCK_N=8, BLOCK_K=64),
-                                       dict(BLOCK_N=4, BLOCK_K=32, SPLIT_K=8), dict(BLOCK_N=16, BLOCK_K=16, SPLIT_K=16)])
+@pytest.mark.parametrize("overrides", [{"BLOCK_N": 4, "BLOCK_K": 16, "num_warps": 1}, {"BLOCK_N": 8, "BLOCK_K": 64},
+                                       {"BLOCK_N": 4, "BLOCK_K": 32, "SPLIT_K": 8}, {"BLOCK_N": 16, "BLOCK_K": 16, "SPLIT_K": 16}])
 def test_other_tiles_and_splits(overrides):
     # tiles narrower than K, more slices than K blocks (empty slices add zeros), N not a multiple of BLOCK_N
     x, w, b = _inputs(3, 45, 200, True, torch.float32)
@@ -106,7 +106,7 @@ def test_config_validation(params, needle):
 
 
 def test_shapes():
-    dims = dict(hidden=2880, heads_q=64, heads_kv=8, head_dim=64, E=32)
+    dims = {"hidden": 2880, "heads_q": 64, "heads_kv": 8, "head_dim": 64, "E": 32}
     assert [s.as_dict() for s in gemv_mod.model_shapes("qkv", [1, 4], **dims)] == [
         {"M": 1, "N": 5120, "K": 2880}, {"M": 4, "N": 5120, "K": 2880}]
     assert gemv_mod.model_shapes("attn_out", [2], **dims)[0] == GemvShape(2, 2880, 4096)

@@ -16,8 +16,8 @@ from autotune.model import generate, load_model
 from autotune.tuning import presets
 from kernels import gemv as gemv_mod
 from kernels.gemv import GemvConfig, GemvShape
-from search_spaces import gemv as space_mod
 from scripts.write_random_checkpoint import write_random_checkpoint
+from search_spaces import gemv as space_mod
 from tests.test_kernel_search_space import H100_LIKE
 from tests.test_model_cli import TINY
 
@@ -58,7 +58,7 @@ def test_choices_span_the_sweep_at_gpt_oss_widths():
 
 
 def _base(**overrides) -> dict:
-    return {**dict(BLOCK_N=2, BLOCK_K=1024, num_warps=4, num_stages=3, SPLIT_K=1), **overrides}
+    return {"BLOCK_N": 2, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 3, "SPLIT_K": 1, **overrides}
 
 
 QKV = {"M": 1, "N": 5120, "K": 2880}

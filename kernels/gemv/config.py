@@ -28,7 +28,7 @@ def _is_pow2(value: int) -> bool:
 
 def _check_int(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} must be an integer")
+        raise ValueError(f"{name}={value!r} must be an integer")  # noqa: TRY004 - config_from_dict raises ValueError
 
 
 @dataclass(frozen=True)

@@ -65,14 +65,14 @@ def gemv_launches(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     b = bias if bias is not None else weight
     grid = (triton.cdiv(n, config.BLOCK_N), rows, split)
     args = (x, weight, b, out, part, rows, n, k, k_per_split, x.stride(0), weight.stride(0), out.stride(0))
-    kwargs = dict(HAS_BIAS=bias is not None, BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K, SPLIT_K=split,
-                  num_warps=config.num_warps, num_stages=config.num_stages)
+    kwargs = {"HAS_BIAS": bias is not None, "BLOCK_N": config.BLOCK_N, "BLOCK_K": config.BLOCK_K, "SPLIT_K": split,
+              "num_warps": config.num_warps, "num_stages": config.num_stages}
     plan = [KernelLaunch(gemv_kernel, grid, args, kwargs)]
     if split > 1:
         plan.append(KernelLaunch(gemv_reduce_kernel, (triton.cdiv(n, REDUCE_BLOCK), rows),
                                  (part, b, out, rows, n, out.stride(0)),
-                                 dict(HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK=REDUCE_BLOCK,
-                                      num_warps=REDUCE_WARPS)))
+                                 {"HAS_BIAS": bias is not None, "SPLIT_K": split, "BLOCK": REDUCE_BLOCK,
+                                  "num_warps": REDUCE_WARPS}))
     return out, plan
 
 

@@ -43,7 +43,8 @@ def test_matches_linear(rows, n, k, bias, split, dtype):
 
 
 @pytest.mark.parametrize("overrides", [{"BLOCK_N": 4, "BLOCK_K": 16, "num_warps": 1}, {"BLOCK_N": 8, "BLOCK_K": 64},
-                                       {"BLOCK_N": 4, "BLOCK_K": 32, "SPLIT_K": 8}, {"BLOCK_N": 16, "BLOCK_K": 16, "SPLIT_K": 16}])
+                                       {"BLOCK_N": 4, "BLOCK_K": 32, "SPLIT_K": 8},
+                                       {"BLOCK_N": 16, "BLOCK_K": 16, "SPLIT_K": 16}])
 def test_other_tiles_and_splits(overrides):
     # tiles narrower than K, more slices than K blocks (empty slices add zeros), N not a multiple of BLOCK_N
     x, w, b = _inputs(3, 45, 200, True, torch.float32)

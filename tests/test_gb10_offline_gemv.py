@@ -66,11 +66,11 @@ def compile_report(capability: int) -> dict:
 
     import torch
 
-    import kernels.gemv as gemv
     from autotune.device.offline import compile_launch
+    from kernels import gemv
 
     probe = subprocess.run([sys.executable, __file__, "--probe", str(capability)], capture_output=True, text=True,
-                           timeout=300)
+                           timeout=300, check=False)
     if probe.returncode != 0:
         return {"skip": f"triton.compile for cuda:{capability} is not possible here: {probe.stderr[-1500:]}"}
     results = {}
@@ -89,7 +89,7 @@ def compile_report(capability: int) -> dict:
                 entry["launches"].append({"name": info.name, "target": info.target,
                                           "shared_bytes": info.shared_bytes, "num_warps": info.num_warps,
                                           "grid": list(launch.grid)})
-        except Exception:
+        except Exception:  # noqa: BLE001 - reported per case, so one bad config fails only its test
             entry["error"] = traceback.format_exc()[-4000:]
         results[case_id] = entry
     return {"results": results}

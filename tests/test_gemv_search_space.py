@@ -153,3 +153,10 @@ def test_run_tiny_preset_into_a_table_and_the_model_serves_it(tmp_path, capsys, 
     assert {c for m, c in launched if m == 3} == {prefill.qkv, prefill.attn_out, prefill.router}
     assert len(launched) == 3 * TINY.num_hidden_layers * 2   # one prefill and one decode step
     assert any(r.source == "nearest" for k, v, s, r in model.configs.lookup.served() if k == "gemv" and s["M"] == 3)
+
+
+def test_list_shows_the_gemv_variants(tmp_path, capsys):
+    assert cli.main(["list", "--storage", f"sqlite:///{tmp_path / 's.db'}"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["gemv"]]
+    assert [row[1] for row in rows] == ["qkv", "attn_out", "router"]
+    assert all("SPLIT_K[1," in " ".join(row) for row in rows)

@@ -31,8 +31,9 @@ NAME = "gemv"
 BUCKET_DIM = "M"
 """The shape dimension that varies at run time (tokens); tables bucket on it."""
 
-EXAMPLE_DIMS = {"M": 1, "N": 5120, "K": 2880}
-"""gpt-oss's qkv projection at one token: the shape ``autotune list`` shows the search space for."""
+EXAMPLE_DIMS = {"M": 1, "hidden": 2880, "heads_q": 64, "heads_kv": 8, "head_dim": 64, "E": 32}
+"""gpt-oss-20b at one token (the dimensions :func:`model_shapes` takes): the shapes ``autotune list`` shows the
+search space for."""
 
 SOURCE_FILES = tuple(Path(__file__).parent / name for name in ("triton_kernels.py", "launch.py", "config.py")) + (
     Path(__file__).parent.parent / "launch_plan.py",)

@@ -3,8 +3,10 @@
 Shape dimensions: M rows (tokens, 1..4), N output features, K input features. The values span the H100 sweep that
 chose the default (scripts/results/2026-11-21-h100-gemv-sweep.md: BLOCK_N 1-32 × BLOCK_K 128-1024 × 1-8 warps),
 plus split-K, which that sweep did not try. num_stages has one choice: with Triton 3.9 it does not change the
-compiled code of this kernel (identical PTX for 1-4 stages, offline sm_90 compile, 2026-12-02: the loads feed no
-``tl.dot``, so nothing is staged); give it more values when a Triton version pipelines them.
+compiled code of this kernel (offline compiles, 2026-12-02: identical sm_90 PTX for 1-4 stages at 2 x 1024 with 4
+warps, and the same shared memory for 1 and 4 stages in all 84 configs of ``kernels.gemv.heuristics
+.estimated_shared_bytes``'s check: the loads feed no ``tl.dot``, so nothing is staged); give it more values when a
+Triton version pipelines them (a GPU sweep on Triton 3.6 was not done).
 Every constraint returns a reason string when a config cannot work or cannot be good (the trial is PRUNED with that
 reason before anything compiles) and None otherwise.
 """

@@ -92,6 +92,7 @@ class KernelSpec:
 _REGISTRY: dict[str, KernelSpec] = {
     "moe_gemm": KernelSpec("moe_gemm", "kernels.moe_gemm", "search_spaces.moe_gemm"),
     "attention": KernelSpec("attention", "kernels.attention", "search_spaces.attention"),
+    "gemv": KernelSpec("gemv", "kernels.gemv", "search_spaces.gemv"),
 }
 _plugins_loaded: set[str] = set()
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from autotune.model.config import ModelConfig
 from kernels.attention import AttentionConfig, AttentionShape
 from kernels.attention.config import KV_CONFIG_DTYPES
+from kernels.gemv import MAX_ROWS as GEMV_MAX_ROWS
+from kernels.gemv import GemvConfig, GemvShape
 from kernels.moe_gemm import MoeGemmConfig, MoeShape
 
 
@@ -32,12 +34,17 @@ class StepConfigs:
         attention_full: attention on full-causal layers (window 0).
         attention_sliding: attention on sliding-window layers.
         mlp1, mlp2: the two MoE GEMMs.
+        qkv, attn_out, router: the gemv projections (:mod:`kernels.gemv`); None when the pass has more than
+            :data:`kernels.gemv.MAX_ROWS` tokens, which cuBLAS projects.
     """
 
     attention_full: AttentionConfig
     attention_sliding: AttentionConfig
     mlp1: MoeGemmConfig
     mlp2: MoeGemmConfig
+    qkv: GemvConfig | None
+    attn_out: GemvConfig | None
+    router: GemvConfig | None
 
     def attention(self, window: int) -> AttentionConfig:
         """The attention config of a layer with sliding window ``window`` (0: full causal)."""
@@ -82,6 +89,14 @@ class KernelConfigs:
                                      E=m.num_experts, top_k=m.experts_per_token)
         return self.lookup.lookup("moe_gemm", variant, shape.as_dict()).config
 
+    def _gemv(self, variant: str, tokens: int) -> GemvConfig | None:
+        if tokens > GEMV_MAX_ROWS:
+            return None
+        m = self.model
+        shape = GemvShape.for_variant(variant, M=tokens, hidden=m.hidden_size, heads_q=m.num_attention_heads,
+                                      heads_kv=m.num_key_value_heads, head_dim=m.head_dim, E=m.num_experts)
+        return self.lookup.lookup("gemv", variant, shape.as_dict()).config
+
     def attention_shape(self, batch: int, seq: int, window: int) -> dict[str, int]:
         """The attention shape key (see :mod:`kernels.attention`) of a call."""
         m = self.model
@@ -110,7 +125,9 @@ class KernelConfigs:
             step = self._steps[key] = StepConfigs(
                 attention_full=self._attention(variant, batch, context, 0, self.kv_dtype),
                 attention_sliding=self._attention(variant, batch, context, self.model.sliding_window, self.kv_dtype),
-                mlp1=self._moe("mlp1", tokens), mlp2=self._moe("mlp2", tokens))
+                mlp1=self._moe("mlp1", tokens), mlp2=self._moe("mlp2", tokens),
+                qkv=self._gemv("qkv", tokens), attn_out=self._gemv("attn_out", tokens),
+                router=self._gemv("router", tokens))
         return step
 
     def summary(self) -> dict[str, int]:

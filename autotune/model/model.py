@@ -22,8 +22,7 @@ from autotune.model.kernel_configs import KernelConfigs, StepConfigs
 from autotune.model.kv_cache import KVCache
 from autotune.model.rope import RopeTable
 from kernels.attention import attention_decode, attention_prefill, kv_storage_dtype
-from kernels.gemv import MAX_ROWS as GEMV_MAX_ROWS
-from kernels.gemv import gemv
+from kernels.gemv import GemvConfig, gemv
 from kernels.layer_ops import add_rms_norm, rope_qkv_write
 from kernels.moe_gemm import moe_mlp1, moe_mlp2
 from kernels.moe_routing import route
@@ -37,11 +36,14 @@ RMS_EPS = 1e-5
 """RMSNorm epsilon of gpt-oss (reference implementation and HF config ``rms_norm_eps``)."""
 
 
-def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``: :func:`kernels.gemv.gemv` for up to a few tokens (decode), where cuBLAS's
-    split-K kernels stream the weights slower, else cuBLAS. x ``[N, K]`` → ``[N, out]`` in x's dtype."""
-    if x.shape[0] <= GEMV_MAX_ROWS:
-        return gemv(x, weight, bias)
+def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            config: GemvConfig | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``: :func:`kernels.gemv.gemv` with the pass's config for up to a few tokens
+    (decode), where cuBLAS's split-K kernels stream the weights slower; cuBLAS when the pass has no gemv config
+    (:class:`autotune.model.kernel_configs.StepConfigs` leaves it None above :data:`kernels.gemv.MAX_ROWS` tokens).
+    x ``[N, K]`` → ``[N, out]`` in x's dtype."""
+    if config is not None:
+        return gemv(x, weight, bias, config)
     return F.linear(x, weight, bias)
 
 
@@ -160,7 +162,7 @@ class GptOss:
         for n, layer in enumerate(self.layers):
             with self._stage("attn_norm_qkv"):
                 x, h = add_rms_norm(x, pending, layer.attn_norm, eps=RMS_EPS, inplace=True)
-                qkv = project(h, layer.qkv_w, layer.qkv_b)                  # [N, Hq·D + 2·Hkv·D]
+                qkv = project(h, layer.qkv_w, layer.qkv_b, step.qkv)        # [N, Hq·D + 2·Hkv·D]
             with self._stage("rope_kv_write"):
                 q = torch.empty(tokens, c.num_attention_heads, c.head_dim, dtype=x.dtype, device=x.device)
                 rope_qkv_write(qkv, positions, self.rope.cos, self.rope.sin, q, cache.k[n], cache.v[n],
@@ -169,10 +171,10 @@ class GptOss:
             with self._stage("attention"):
                 attn = attend(n, layer, q)                                  # [N, Hq·D]
             with self._stage("attn_out"):
-                delta = project(attn, layer.out_w, layer.out_b)             # [N, H]
+                delta = project(attn, layer.out_w, layer.out_b, step.attn_out)  # [N, H]
             with self._stage("mlp_norm_router"):
                 x, h = add_rms_norm(x, delta, layer.mlp_norm, eps=RMS_EPS, inplace=True)
-                router_logits = project(h, layer.gate_w, layer.gate_b)      # [N, E]
+                router_logits = project(h, layer.gate_w, layer.gate_b, step.router)  # [N, E]
             with self._stage("routing"):
                 routing = route(router_logits, c.experts_per_token)
             with self._stage("moe_mlp1"):

@@ -149,6 +149,7 @@ class RuntimeTable:
         *,
         missing_ok: bool = True,
         make_config: MakeConfig = _read_only,
+        entry_problem: EntryCheck | None = None,
     ) -> RuntimeTable:
         """Load a table file once and serve one device's section of it.
 
@@ -159,6 +160,7 @@ class RuntimeTable:
             bucket_dims: Kernel name to its bucketed shape dimension.
             missing_ok: When the file does not exist, serve defaults (``True``) or raise (``False``).
             make_config: see :meth:`__init__`.
+            entry_problem: see :meth:`__init__`.
 
         Returns:
             The runtime table.
@@ -167,7 +169,7 @@ class RuntimeTable:
             TableError: The file cannot be loaded (see :meth:`ConfigTable.load`).
         """
         return cls(ConfigTable.load(path, missing_ok=missing_ok), device_key, default_config, bucket_dims,
-                   make_config=make_config)
+                   make_config=make_config, entry_problem=entry_problem)
 
     def lookup(self, kernel: str, variant: str, shape: Mapping[str, int]) -> LookupResult:
         """Return the config to launch ``kernel``/``variant`` with on ``shape``.
@@ -258,8 +260,10 @@ def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool 
                use_table: bool = True) -> RuntimeTable:
     """Load a table for a device, serving the registered kernels' config objects.
 
-    Defaults on a miss come from each kernel family's own heuristic (``kernels.<family>.default_config``); no search
-    space is built.
+    Defaults on a miss come from each kernel family's own heuristic (``kernels.<family>.default_config``). Every entry
+    of the device's section is checked once, here, by :func:`autotune.table.validate.entry_problem` (the kernel's
+    config schema and the search space's constraints on ``device``); an invalid one is skipped with one warning naming
+    its key (listed in :attr:`RuntimeTable.skipped`), as if it were absent.
 
     Args:
         path: the table file (default: :data:`autotune.defaults.TABLE`).
@@ -275,6 +279,7 @@ def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool 
     """
     from autotune import defaults, registry
     from autotune import device as device_mod
+    from autotune.table import validate
 
     profile = device if device is not None else device_mod.current()
 
@@ -289,4 +294,5 @@ def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool 
         return RuntimeTable(None, profile.key, default_config, bucket_dims, make_config=make_config,
                             warn_defaults=False)
     return RuntimeTable.open(Path(path) if path is not None else defaults.TABLE, profile.key, default_config,
-                             bucket_dims, missing_ok=missing_ok, make_config=make_config)
+                             bucket_dims, missing_ok=missing_ok, make_config=make_config,
+                             entry_problem=lambda entry: validate.entry_problem(entry, profile))

@@ -24,7 +24,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from autotune.files import read_bounded
-from autotune.model.config import CheckpointError, ModelConfig, checkpoint_dir, read_config_json
+from autotune.model.config import (
+    CheckpointError,
+    ModelConfig,
+    checkpoint_dir,
+    read_config_json,
+)
 
 HF_HINT = "this looks like the Hugging Face layout; point --checkpoint at its original/ folder"
 

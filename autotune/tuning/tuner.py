@@ -15,6 +15,7 @@ import queue
 import statistics
 import time
 import zlib
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,6 +134,19 @@ def _idle_queue(workers) -> queue.Queue:
     return idle
 
 
+@contextmanager
+def _interrupt_on_stop(workers):
+    """On Ctrl-C or SIGTERM (a KeyboardInterrupt in this thread), end the workers at once so that the trials in flight
+    return instead of running to their timeout; they stay RUNNING in the storage, and the next run fails them as
+    ``interrupted`` and queues their configs again (:func:`autotune.tuning.study.recover_interrupted`)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        for worker in workers:
+            worker.interrupt()
+        raise
+
+
 def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSettings, report: StudyReport,
                on_trial=None, compilers=()) -> None:
     """Ask/evaluate/tell until the budget, the timeout or the ask limit is reached; queued configs always run.
@@ -169,7 +183,8 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
         return (within_budget and asks < MAX_ASKS_PER_TRIAL * settings.n_trials
                 and (deadline is None or time.monotonic() < deadline))
 
-    with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="trial") as executor:
+    with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="trial") as executor, \
+            _interrupt_on_stop([*workers, *compilers]):
         while True:
             while len(pending) < max_in_flight and may_ask():
                 asks += 1

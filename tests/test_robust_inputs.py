@@ -18,11 +18,10 @@ from safetensors.torch import save_file
 
 from autotune import cli, defaults, registry
 from autotune.device import INTERPRETER
+from autotune.errors import TableError
 from autotune.model.checkpoint import load_checkpoint
 from autotune.model.config import CheckpointError, ModelConfig, read_config_json
-from autotune.table import ConfigTable, TableEntry, open_table, update_table
-from autotune.table import validate
-from autotune.errors import TableError
+from autotune.table import ConfigTable, TableEntry, open_table, update_table, validate
 from scripts.write_random_checkpoint import write_random_checkpoint
 
 MOE_SHAPE = {"M": 4, "N": 64, "K": 64, "E": 4, "top_k": 2}

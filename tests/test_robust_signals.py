@@ -78,7 +78,8 @@ def test_interrupt_mid_trial_is_clean(tmp_path, how, code):
             if not _group_alive(proc.pid):
                 break
             time.sleep(0.1)
-        left = subprocess.run(["ps", "-o", "pid,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+        left = subprocess.run(["ps", "-o", "pid,args", "-g", str(proc.pid)], check=False, capture_output=True,
+                              text=True).stdout
         assert not _group_alive(proc.pid), f"a process outlived the run: {left}"
         after = {t.number for t in _trials(storage) if t.state == TrialState.COMPLETE}
         assert {t.number for t in complete} <= after, "a completed trial was lost"

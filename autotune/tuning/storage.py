@@ -57,7 +57,10 @@ def _prepare_folder(url: str, path: Path) -> None:
     """
     from autotune.files import check_output_file
 
-    check_output_file(path, sys.maxsize, what=f"the storage of {url!r}", error=StorageError)
+    try:
+        check_output_file(path, sys.maxsize, what="storage file", error=StorageError)
+    except StorageError as exc:
+        raise StorageError(f"cannot open storage {url!r}: {exc}") from None
     folder = path.parent
     if not folder.is_dir():
         print(f"autotune: storage folder {folder} does not exist: creating it for {url}", file=sys.stderr,

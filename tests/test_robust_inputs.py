@@ -256,12 +256,6 @@ def test_invalid_entry_is_skipped_with_one_warning(tmp_path, name):
     assert answer.source == "nearest" and answer.entry.key == good.key and answer.config.as_dict() == moe_default()
 
 
-def test_missing_key_is_invalid_not_defaulted():
-    config = {k: v for k, v in moe_default().items() if k != "dequant"}
-    assert validate.config_problem("moe_gemm", "mlp1", MOE_SHAPE, config, INTERPRETER) == \
-        "invalid config: missing keys ['dequant'] (a table entry states every parameter)"
-
-
 def test_validate_names_unknown_kernel_variant_and_shape():
     assert "unknown kernel 'nope'" in validate.config_problem("nope", "x", {}, {})
     assert "has no variant 'mlp3'" in validate.config_problem("moe_gemm", "mlp3", MOE_SHAPE, moe_default())

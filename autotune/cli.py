@@ -86,6 +86,8 @@ def cmd_run(*, kernel: str, preset: str | None, shapes: str | None, variants: st
         preset = preset or defaults.CPU_PRESET
         print(f"autotune: no CUDA GPU found: running under the Triton interpreter (CPU) with the {preset!r} preset; "
               "results are keyed to the interpreter and never served to a GPU", file=sys.stderr, flush=True)
+        if gpus is not None:
+            print(f"autotune: --gpus {gpus} is ignored: no CUDA GPU here", file=sys.stderr, flush=True)
     loaded = presets.load(preset or defaults.GPU_PRESET)
     if kernel not in loaded.kernels:
         raise UserError(f"preset {loaded.name!r} has no [{kernel}] table")
@@ -355,12 +357,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "export": cmd_export, "retune": cmd_retune,
                 "report": cmd_report, "compare": cmd_compare, "generate": cmd_generate, "bench-model": cmd_bench_model,
                 "eval": cmd_eval}
+    from autotune import interrupts
+
+    interrupts.stop_on_sigterm()
     try:
         return handlers[command](**args)
     except UserError as exc:
         print(f"autotune: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (interrupts.Terminated)
         print("autotune: interrupted; completed trials are saved, rerun the same command to continue",
               file=sys.stderr)
-        return 130
+        return interrupts.exit_code(exc)

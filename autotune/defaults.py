@@ -19,6 +19,21 @@ STORAGE = f"sqlite:///{STUDIES_DIR / 'autotune.db'}"
 TABLE = STUDIES_DIR / "tables" / "configs.json"
 """The lookup table: one file, one section per device."""
 
+MAX_TABLE_BYTES = 64 * 2**20
+"""Largest table file read (bytes). An entry takes about 1.2 KB as written (``indent=1``), so 64 MiB holds some 50,000
+entries, far more than every kernel × shape × device tuned here; a larger file is refused, not read."""
+
+STALE_TMP_AGE_S = 60.0
+"""A table write's temp file (``.configs.json.*.tmp``) older than this when the next write takes the lock was left by
+a killed writer and is removed (a write takes well under a second)."""
+
+MAX_CONFIG_JSON_BYTES = 2**20
+"""Largest ``config.json`` read (bytes); the released gpt-oss ones are under 2 KB."""
+
+MAX_SAFETENSORS_HEADER_BYTES = 100_000_000
+"""Largest safetensors header accepted (bytes): the safetensors library's own limit (safetensors 0.8.0 answers a
+declared length of 100,000,001 with "header too large", checked here); gpt-oss headers are well under 1 MB."""
+
 GPU_PRESET = "gpt_oss_20b"
 CPU_PRESET = "tiny_cpu"
 """Preset used when none is named; without a GPU, ``run`` always uses the CPU preset."""

@@ -54,6 +54,26 @@ class DeviceProfile:
         info["compute_capability"] = "{}.{}".format(*self.compute_capability)
         return info
 
+    @classmethod
+    def from_dict(cls, info: dict) -> DeviceProfile:
+        """The profile back from :meth:`as_dict` (as stored on studies and in table sections).
+
+        Raises:
+            ValueError: a field is missing, unknown or of the wrong type.
+        """
+        names = set(cls.__dataclass_fields__)
+        if not isinstance(info, dict) or set(info) != names:
+            raise ValueError(f"a device profile needs exactly the fields {sorted(names)}")
+        values = dict(info)
+        parts = str(values["compute_capability"]).split(".")
+        if len(parts) != 2 or not all(part.isdigit() for part in parts):
+            raise ValueError(f"invalid device profile: compute_capability {values['compute_capability']!r}")
+        values["compute_capability"] = (int(parts[0]), int(parts[1]))
+        for name in ("sm_count", "max_shared_mem_per_block", "l2_bytes"):
+            if not isinstance(values[name], int) or isinstance(values[name], bool):
+                raise ValueError(f"invalid device profile: {name} must be an integer, got {values[name]!r}")
+        return cls(**values)
+
 
 GB10 = DeviceProfile(
     key="nvidia-gb10",

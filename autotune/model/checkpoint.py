@@ -14,7 +14,7 @@ message that points at its ``original/`` folder.
 
 from __future__ import annotations
 
-import json
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,12 +23,27 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from autotune.model.config import CheckpointError, ModelConfig, checkpoint_dir
+from autotune.files import read_bounded
+from autotune.model.config import (
+    CheckpointError,
+    ModelConfig,
+    checkpoint_dir,
+    read_config_json,
+)
 
 HF_HINT = "this looks like the Hugging Face layout; point --checkpoint at its original/ folder"
 
-FLOAT_CODES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
-"""safetensors dtype codes (``get_slice(name).get_dtype()``) accepted for the floating-point tensors."""
+FLOAT_CODES = frozenset({"F16", "BF16", "F32"})
+"""safetensors dtype codes (``get_slice(name).get_dtype()``) accepted for the floating-point tensors. The release
+stores bf16 (norm scales fp32); fp16 and fp32 copies (test checkpoints, conversions) are accepted too: into fp32 the
+conversion is exact, into bf16 it rounds each value once to nearest (what the release's own bf16 already is)."""
+
+REFUSED_FLOAT_CODES = {"F64": "fp64 would be rounded silently: convert the checkpoint to bf16 or fp32 first",
+                       "F8_E4M3": "fp8 without scales is not this layout (only the MoE experts are quantized, as MXFP4)",
+                       "F8_E5M2": "fp8 without scales is not this layout (only the MoE experts are quantized, as MXFP4)"}
+"""Floating-point codes refused, with the reason named in the message."""
+
+_LAYER = re.compile(r"block\.(\d+)\.")
 
 Header = tuple[Path, tuple[int, ...], str]
 """What a header says of one tensor: (file, shape, safetensors dtype code such as ``"BF16"``)."""
@@ -54,24 +69,33 @@ def load_checkpoint(
         ``(config, tensors)``: tensors by name exactly as :meth:`ModelConfig.tensor_specs` lists them.
 
     Raises:
-        CheckpointError: one line naming the file and/or tensor: no or invalid ``config.json``, no safetensors
-            file, an unreadable or corrupt file, a tensor missing, in two files, of the wrong shape or dtype, or
-            the Hugging Face layout.
+        CheckpointError: one line naming the file and/or tensor: no or invalid ``config.json`` (a required field
+            missing, a value out of range), no safetensors file, an unreadable, non-regular or corrupt file (a
+            header length beyond the file or the limit), a tensor missing, in two files, of a layer the config does
+            not have, of the wrong shape or dtype (fp64 and fp8 are refused; bf16, fp16 and fp32 are converted to
+            ``dtype`` as :data:`FLOAT_CODES` says), or the Hugging Face layout. Everything is checked from the
+            headers before any tensor data is read.
 
     Warns:
         UserWarning: once, listing tensors that the config does not expect (they are not loaded).
     """
     root = checkpoint_dir(directory)
-    _refuse_hf_config(root)
-    config = ModelConfig.from_checkpoint(root)
+    if (root / "model.safetensors.index.json").is_file():
+        raise CheckpointError(f"{root}: {HF_HINT}")
+    path = root / "config.json"
+    data = read_config_json(path)
+    if "model_type" in data or "num_local_experts" in data:
+        raise CheckpointError(f"{root}: {HF_HINT}")
+    config = ModelConfig.from_dict(data, source=str(path))
     files = sorted(root.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{root}: no *.safetensors files in the checkpoint directory")
     where = _index(files)
-    specs = config.tensor_specs()
     if any(name.startswith(("model.layers.", "model.embed_tokens.")) for name in where) and not any(
-            name in where for name in specs):
+            name.startswith(("embedding.", "block.")) for name in where):
         raise CheckpointError(f"{root}: {HF_HINT}")
+    _check_layers(path, where, config)
+    specs = config.tensor_specs()
     _check(root, where, specs)
     extra = sorted(set(where) - set(specs))
     if extra:
@@ -93,16 +117,43 @@ def load_checkpoint(
     return config, {name: loaded[name] for name in specs}
 
 
-def _refuse_hf_config(root: Path) -> None:
-    """Raise the Hugging Face hint when ``root`` holds an HF-converted checkpoint (index file or HF config)."""
-    if (root / "model.safetensors.index.json").is_file():
-        raise CheckpointError(f"{root}: {HF_HINT}")
-    try:
-        data = json.loads((root / "config.json").read_text())
-    except (OSError, ValueError):
-        return  # ModelConfig.from_checkpoint reports it
-    if isinstance(data, dict) and ("model_type" in data or "num_local_experts" in data):
-        raise CheckpointError(f"{root}: {HF_HINT}")
+def _check_layers(config_path: Path, where: dict[str, Header], config: ModelConfig) -> None:
+    """The files' layers (``block.N.*``) must be the config's layers 0..L-1: a config with fewer layers than the
+    files would run a truncated model, one with more is missing tensors (reported with the first one missing).
+
+    Raises:
+        CheckpointError: naming the first tensor of a layer the config does not have.
+    """
+    layers = config.num_hidden_layers
+    beyond = [(int(match.group(1)), name) for name in where
+              if (match := _LAYER.match(name)) and int(match.group(1)) >= layers]
+    if beyond:
+        layer, name = min(beyond)
+        raise CheckpointError(f"{where[name][0]}: {name} belongs to layer {layer}, but {config_path} says "
+                              f"num_hidden_layers {layers} (layers 0..{layers - 1})")
+
+
+def _check_header_size(path: Path) -> None:
+    """Read a safetensors file's 8-byte header length (bounded, regular files only) and check it against
+    :data:`autotune.defaults.MAX_SAFETENSORS_HEADER_BYTES` and the file size before the library reads the header.
+
+    Raises:
+        CheckpointError: not a regular file, shorter than its header, or a header length over the limit.
+    """
+    from autotune import defaults
+
+    prefix = read_bounded(path, 8, what="safetensors file", error=CheckpointError, prefix=True)
+    if len(prefix) < 8:
+        raise CheckpointError(f"{path}: cannot read the header (corrupt or truncated safetensors file): "
+                              f"{len(prefix)} bytes, shorter than the 8-byte header length")
+    length = int.from_bytes(prefix, "little")
+    if length > defaults.MAX_SAFETENSORS_HEADER_BYTES:
+        raise CheckpointError(f"{path}: cannot read the header (corrupt safetensors file): it declares {length} "
+                              f"bytes, over the limit of {defaults.MAX_SAFETENSORS_HEADER_BYTES}")
+    size = path.stat().st_size
+    if 8 + length > size:
+        raise CheckpointError(f"{path}: cannot read the header (truncated safetensors file): it declares {length} "
+                              f"bytes, the file has {size - 8} after the length")
 
 
 @contextmanager
@@ -138,6 +189,7 @@ def _index(files: list[Path]) -> dict[str, Header]:
     """
     where: dict[str, Header] = {}
     for path in files:
+        _check_header_size(path)
         with _open(path) as f, _errors(path, "cannot read the header"):
             for name in f.keys():
                 if name in where:
@@ -165,5 +217,8 @@ def _check(root: Path, where: dict[str, Header],
         if want == torch.uint8:
             if code != "U8":
                 raise CheckpointError(f"{path}: {name} has dtype {code}, expected U8 (packed MXFP4)")
+        elif code in REFUSED_FLOAT_CODES:
+            raise CheckpointError(f"{path}: {name} has dtype {code}, expected BF16, F16 or F32 "
+                                  f"({REFUSED_FLOAT_CODES[code]})")
         elif code not in FLOAT_CODES:
             raise CheckpointError(f"{path}: {name} has dtype {code}, expected a floating-point dtype")

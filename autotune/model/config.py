@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,24 @@ class CheckpointError(UserError):
 MXFP4_GROUP = 32
 """Weights per shared e8m0 scale (OCP MX spec v1.0); one group is 16 bytes of e2m1 pairs."""
 
+REQUIRED_FIELDS = ("num_hidden_layers", "num_experts", "experts_per_token", "vocab_size", "hidden_size",
+                   "intermediate_size", "head_dim", "num_attention_heads", "num_key_value_heads", "sliding_window")
+"""``config.json`` fields without a default: the architecture (both released sizes state all of them). A missing one
+is an error naming it; a default would silently run another model (top-4 routing on a top-2 checkpoint, say)."""
+
+DOCUMENTED_DEFAULTS = {"swiglu_limit": 7.0, "initial_context_length": 4096, "rope_theta": 150000.0,
+                       "rope_scaling_factor": 32.0, "rope_ntk_alpha": 1.0, "rope_ntk_beta": 32.0}
+"""``config.json`` fields that may be absent, with the value used then: openai/gpt-oss ``ModelConfig``'s defaults,
+which both released sizes use (``../shared/FACTS.md``). Using one is stated in a warning."""
+
+LIMITS = {"num_hidden_layers": 1024, "num_experts": 4096, "vocab_size": 2**22, "hidden_size": 2**16,
+          "intermediate_size": 2**16, "head_dim": 1024, "num_attention_heads": 4096, "sliding_window": 2**24,
+          "initial_context_length": 2**24}
+"""Upper bounds of the integer fields, checked before anything is allocated (the released sizes: 36 layers, 128
+experts, vocabulary 201,088, width 2880, head dim 64, 64 heads, window 128, context 4096). They are about 30 times
+the largest released values, so that a typo such as ``num_hidden_layers: 1000000`` is refused in microseconds
+instead of allocating per-layer state; ``num_key_value_heads`` is bounded by ``num_attention_heads``."""
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -36,7 +55,15 @@ class ModelConfig:
 
     Attributes follow openai/gpt-oss ``ModelConfig``. ``sliding_window`` applies to even layers (layer % 2 == 0):
     a query at position p sees keys p - sliding_window + 1 .. p. RoPE is YaRN-scaled (see
-    :func:`autotune.model.rope.yarn_inv_freq`).
+    :func:`autotune.model.rope.yarn_inv_freq`). The field defaults are gpt-oss-20b's; a ``config.json`` read with
+    :meth:`from_dict` must state every field of :data:`REQUIRED_FIELDS` and may leave out only those of
+    :data:`DOCUMENTED_DEFAULTS` (swiglu_limit 7.0, initial_context_length 4096, rope_theta 150000,
+    rope_scaling_factor 32, rope_ntk_alpha 1, rope_ntk_beta 32).
+
+    Raises:
+        CheckpointError: on construction, for a value of the wrong type, out of :data:`LIMITS`, or inconsistent
+            (experts_per_token > num_experts, heads not a multiple of the KV heads, widths not multiples of the MXFP4
+            group, odd head_dim, rope_theta <= 1, rope_ntk_alpha <= 0 or >= rope_ntk_beta).
     """
 
     num_hidden_layers: int = 24
@@ -69,6 +96,13 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 return f"{name} must be a positive integer, got {value!r}"
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, int) and value > limit:
+                return f"{name} {value} is larger than the limit {limit}"
+        if self.num_key_value_heads > self.num_attention_heads:
+            return (f"num_key_value_heads {self.num_key_value_heads} > num_attention_heads "
+                    f"{self.num_attention_heads}")
         if self.experts_per_token > self.num_experts:
             return f"experts_per_token {self.experts_per_token} > num_experts {self.num_experts}"
         if self.num_attention_heads % self.num_key_value_heads:
@@ -81,10 +115,23 @@ class ModelConfig:
             return f"head_dim {self.head_dim} must be even (RoPE rotates halves)"
         if not isinstance(self.sliding_window, int) or self.sliding_window < 0:
             return f"sliding_window must be an integer >= 0, got {self.sliding_window!r}"
-        for name in ("rope_theta", "rope_scaling_factor", "swiglu_limit"):
-            if not math.isfinite(float(getattr(self, name))) or float(getattr(self, name)) <= 0:
-                return f"{name} must be a positive number, got {getattr(self, name)!r}"
+        for name in ("rope_theta", "rope_scaling_factor", "swiglu_limit", "rope_ntk_alpha", "rope_ntk_beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                return f"{name} must be a finite positive number, got {value!r}"
+        if self.rope_theta <= 1:
+            return f"rope_theta must be > 1 (the RoPE base; its log divides), got {self.rope_theta!r}"
+        if self.rope_ntk_alpha >= self.rope_ntk_beta:
+            return (f"rope_ntk_alpha {self.rope_ntk_alpha!r} must be < rope_ntk_beta {self.rope_ntk_beta!r} "
+                    "(YaRN interpolates below alpha turns and keeps the frequencies above beta turns)")
         return None
+
+    @property
+    def max_context(self) -> int:
+        """Longest sequence the RoPE scaling covers: initial_context_length × rope_scaling_factor (131,072 for
+        gpt-oss), or initial_context_length without scaling."""
+        return int(self.initial_context_length * max(1.0, float(self.rope_scaling_factor)))
 
     # ---------------------------------------------------------------------------------------------------- derived
     @property
@@ -152,10 +199,20 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "ModelConfig":
         """Build from a ``config.json`` mapping; unknown keys are ignored (the release carries extra ones).
 
+        Every field of :data:`REQUIRED_FIELDS` must be present; an absent field of :data:`DOCUMENTED_DEFAULTS` takes
+        the value listed there, with one ``UserWarning`` naming the fields and values used. The head dim must also be
+        one the attention kernel runs (a power of two >= 16, ``kernels.attention.AttentionShape``).
+
         Raises:
-            CheckpointError: a field has the wrong type or an impossible value (one line naming ``source``).
+            CheckpointError: a required field is missing, a field has the wrong type or an impossible value (one
+                line naming ``source`` and the field).
         """
         known = {f.name: f for f in fields(cls)}
+        missing = [name for name in REQUIRED_FIELDS if name not in data]
+        if missing:
+            raise CheckpointError(f"{source}: missing required field {missing[0]}"
+                                  + (f" (and {', '.join(missing[1:])})" if missing[1:] else "")
+                                  + "; only " + ", ".join(DOCUMENTED_DEFAULTS) + " have defaults")
         values: dict[str, Any] = {}
         for name, field in known.items():
             if name not in data:
@@ -163,14 +220,27 @@ class ModelConfig:
             value = data[name]
             want_int = field.type in ("int", int)
             if want_int and not (isinstance(value, int) and not isinstance(value, bool)):
-                raise CheckpointError(f"{source}: {name} must be an integer, got {value!r}")
-            if not want_int and not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise CheckpointError(f"{source}: {name} must be a number, got {value!r}")
-            values[name] = value if want_int else float(value)
+                raise CheckpointError(f"{source}: {name} must be an integer, got {_short(value)}")
+            if not want_int and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise CheckpointError(f"{source}: {name} must be a number, got {_short(value)}")
+            if not want_int:
+                try:
+                    value = float(value)
+                except OverflowError:
+                    raise CheckpointError(f"{source}: {name} must be a finite number, got {_short(value)}") from None
+            values[name] = value
+        defaulted = {name: value for name, value in DOCUMENTED_DEFAULTS.items() if name not in values}
         try:
-            return cls(**values)
+            config = cls(**values)
         except CheckpointError as exc:
             raise CheckpointError(f"{source}: {exc}") from None
+        if config.head_dim < 16 or config.head_dim & (config.head_dim - 1):
+            raise CheckpointError(f"{source}: head_dim {config.head_dim} must be a power of two >= 16 (the "
+                                  "attention kernel's smallest tl.dot)")
+        if defaulted:
+            warnings.warn(f"{source}: absent field(s) take the gpt-oss defaults: "
+                          + ", ".join(f"{name}={value}" for name, value in defaulted.items()), stacklevel=2)
+        return config
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path) -> "ModelConfig":
@@ -180,15 +250,7 @@ class ModelConfig:
             CheckpointError: no readable ``config.json``, or invalid values.
         """
         path = checkpoint_dir(directory) / "config.json"
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: no config.json in the checkpoint directory") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: cannot read config.json: {exc}") from None
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{path}: config.json must hold a JSON object")
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_config_json(path), source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``config.json`` mapping."""
@@ -207,6 +269,39 @@ GPT_OSS_120B = ModelConfig(num_hidden_layers=36, num_experts=128)
 
 NAMED_CONFIGS = {"20b": GPT_OSS_20B, "120b": GPT_OSS_120B}
 """The released sizes by short name (``--random 20b``)."""
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 128 else f"an integer of " \
+        f"{value.bit_length()} bits"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """Read a ``config.json`` (at most :data:`autotune.defaults.MAX_CONFIG_JSON_BYTES`, a regular file) as a dict.
+
+    Raises:
+        CheckpointError: absent, not a regular file, too large, unreadable, not UTF-8 JSON, or not a JSON object.
+    """
+    from autotune import defaults
+    from autotune.files import read_bounded
+
+    path = Path(path)
+    try:
+        raw = read_bounded(path, defaults.MAX_CONFIG_JSON_BYTES, what="config.json", error=CheckpointError)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no config.json in the checkpoint directory") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: cannot read config.json: not UTF-8 text ({exc.reason})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: cannot read config.json: JSON nested too deeply") from None
+    except ValueError as exc:  # json.JSONDecodeError, or an integer beyond Python's digit limit
+        raise CheckpointError(f"{path}: cannot read config.json: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: config.json must hold a JSON object")
+    return data
 
 
 def checkpoint_dir(directory: str | Path) -> Path:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 
-from autotune.model.config import ModelConfig
+from autotune.model.config import CheckpointError, ModelConfig
 from autotune.model.kernel_configs import KernelConfigs
 from autotune.model.model import GptOss
 
@@ -25,18 +26,37 @@ def _torch_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+def _positions(config: ModelConfig, max_positions: int | None) -> int:
+    """The RoPE table length: ``max_positions``, or :data:`DEFAULT_MAX_POSITIONS` capped at the model's context.
+
+    Raises:
+        CheckpointError: ``max_positions`` outside 1..``config.max_context``.
+    """
+    if max_positions is None:
+        return min(DEFAULT_MAX_POSITIONS, config.max_context)
+    if not 1 <= max_positions <= config.max_context:
+        raise CheckpointError(f"{max_positions} positions asked for, but the model covers 1..{config.max_context} "
+                              f"(initial_context_length {config.initial_context_length} x rope_scaling_factor "
+                              f"{config.rope_scaling_factor:g})")
+    return max_positions
+
+
 def build_model(config: ModelConfig, weights: dict[str, torch.Tensor], *, table: str | Path | None = None,
-                use_table: bool = True, max_positions: int = DEFAULT_MAX_POSITIONS,
+                use_table: bool = True, max_positions: int | None = None,
                 kv_dtype: str | None = None) -> GptOss:
     """A :class:`GptOss` over loaded weights, with kernel configs from the table (or defaults with ``use_table``
-    False). The activation dtype is the weights' (embedding) dtype; the KV cache's storage is ``kv_dtype`` ("act"
+    False). ``max_positions`` (the RoPE table length; default :data:`DEFAULT_MAX_POSITIONS`, at most the model's
+    ``max_context``) bounds prompt + generation. The activation dtype is the weights' (embedding) dtype; the KV cache's storage is ``kv_dtype`` ("act"
     or "fp8"), or the table's choice for contexts up to ``max_positions`` when None.
 
     Raises:
+        CheckpointError: ``max_positions`` is outside 1..``config.max_context`` (checked before anything is
+            allocated).
         TableError: the table cannot be loaded.
     """
     from autotune import device as device_mod
 
+    max_positions = _positions(config, max_positions)
     embedding = weights["embedding.weight"]
     profile = device_mod.current(embedding.device.index or 0) if embedding.device.type == "cuda" \
         else device_mod.INTERPRETER
@@ -47,15 +67,19 @@ def build_model(config: ModelConfig, weights: dict[str, torch.Tensor], *, table:
 
 def load_model(checkpoint: str | Path, *, device: str | torch.device | None = None,
                act_dtype: torch.dtype | None = None, table: str | Path | None = None, use_table: bool = True,
-               max_positions: int = DEFAULT_MAX_POSITIONS, kv_dtype: str | None = None) -> GptOss:
+               max_positions: int | None = None, kv_dtype: str | None = None) -> GptOss:
     """Load an original-layout checkpoint onto ``device`` (default: CUDA if available, else CPU + interpreter).
 
     Raises:
-        CheckpointError: missing/invalid files or tensors (one line naming the file or tensor).
+        CheckpointError: missing/invalid files or tensors (one line naming the file or tensor), or
+            ``max_positions`` beyond the model's context (checked before any weight is read).
         TableError: the table cannot be loaded.
     """
     from autotune.model.checkpoint import load_checkpoint
 
+    with warnings.catch_warnings():  # load_checkpoint reads it again and warns
+        warnings.simplefilter("ignore")
+        _positions(ModelConfig.from_checkpoint(checkpoint), max_positions)  # before any weight is read
     torch_device = _torch_device(device)
     dtype = act_dtype or activation_dtype(torch_device)
     config, weights = load_checkpoint(checkpoint, device=torch_device, dtype=dtype)

@@ -42,6 +42,8 @@ def yarn_inv_freq(config: ModelConfig) -> tuple[torch.Tensor, float]:
     # Clamped to the pair range as in the YaRN authors' code and HF transformers (``find_correction_range``). At
     # gpt-oss's values (low 2.02, high 9.1 of 32 pairs) the clamp does nothing; it matters for small test contexts.
     low, high = max(low, 0.0), min(high, half - 1.0)
+    if high <= low:  # a ramp of no width (tiny contexts): a step at `low`, as HF's ``linear_ramp_factor`` does it
+        high = low + 0.001
     ramp = ((torch.arange(half, dtype=torch.float64) - low) / (high - low)).clamp(0.0, 1.0)  # 0: keep, 1: interpolate
     inv_freq = (1.0 / freq) * (1.0 - ramp) + (1.0 / (factor * freq)) * ramp
     return inv_freq.float(), concentration

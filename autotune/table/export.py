@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from autotune.tuning import study as study_mod
-from autotune.table import MergeReport, TableEntry, update_table
+from autotune.errors import TableError
+from autotune.table import MergeReport, TableEntry, update_table, validate
+from autotune.table.store import check_table_file
 from autotune.tuning.records import ENTRY_METRICS
 
 
@@ -97,9 +99,25 @@ def latest_entries(storage, *, kernel: str | None = None,
     return by_device
 
 
+def entry_check(device_info: Any):
+    """The check a table entry tuned on the device described by ``device_info`` (a stored
+    :meth:`autotune.device.DeviceProfile.as_dict`) must pass to be written: :func:`autotune.table.validate.entry_problem`
+    with that device's constraints, or the schema only when the info is not a readable profile."""
+    from autotune.device import DeviceProfile
+
+    try:
+        device = DeviceProfile.from_dict(device_info)
+    except (TypeError, ValueError):
+        device = None
+    return lambda entry: validate.entry_problem(entry, device)
+
+
 def export(storage, table_path: Path, *, kernel: str | None = None,
            device_key: str | None = None) -> dict[str, MergeReport]:
     """Merge the best config of every matching study into the table file (atomically, under a lock).
+
+    Every new entry is checked first (:func:`entry_check`), and so are the stored entries of each section written: an
+    invalid one is refused before that section is written.
 
     Args:
         storage: an Optuna storage.
@@ -109,6 +127,19 @@ def export(storage, table_path: Path, *, kernel: str | None = None,
 
     Returns:
         The merge report per device key.
+
+    Raises:
+        TableError: the table path cannot be read and replaced (checked before the storage is read), the table is
+            corrupt, or an entry is invalid (named with its problem; the file is not changed).
     """
-    return {dev: update_table(table_path, dev, tuned[-1].device_info, [t.entry for t in tuned])
-            for dev, tuned in latest_entries(storage, kernel=kernel, device_key=device_key).items()}
+    check_table_file(table_path)
+    by_device = latest_entries(storage, kernel=kernel, device_key=device_key)
+    checks = {dev: entry_check(tuned[-1].device_info) for dev, tuned in by_device.items()}
+    for dev, tuned in by_device.items():  # every new entry before any write
+        for item in tuned:
+            problem = checks[dev](item.entry)
+            if problem:
+                raise TableError(f"{table_path}: refusing to export {item.entry.key} (study {item.entry.study}, "
+                                 f"trial {item.entry.trial}): {problem}; the file was not changed")
+    return {dev: update_table(table_path, dev, tuned[-1].device_info, [t.entry for t in tuned], check=checks[dev])
+            for dev, tuned in by_device.items()}

@@ -266,8 +266,10 @@ def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool 
     """Load a table for a device, serving the registered kernels' config objects.
 
     Defaults on a miss come from each kernel family's own heuristic (``kernels.<family>.default_config``); no search
-    space is built. Each entry is checked before it is served: one that does not fit this device or ``act_dtype``
-    (:func:`autotune.table.fitness.entry_problem`) is skipped with one warning; one tuned under other software
+    space is built. Every entry of the device's section is checked once, here: one that breaks the kernel's config
+    schema or the search space's constraints on ``device`` (:func:`autotune.table.validate.entry_problem`), or that
+    does not fit ``act_dtype`` (:func:`autotune.table.fitness.entry_problem`), is skipped with one warning naming its
+    key (listed in :attr:`RuntimeTable.skipped`), as if it were absent; one tuned under other software
     (:mod:`autotune.table.freshness`) is served with one warning per kernel naming the fields and ``retune``.
 
     Args:
@@ -285,7 +287,7 @@ def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool 
     """
     from autotune import defaults, registry
     from autotune import device as device_mod
-    from autotune.table import fitness, freshness
+    from autotune.table import fitness, freshness, validate
 
     profile = device if device is not None else device_mod.current()
 
@@ -302,5 +304,6 @@ def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool 
     fingerprints = freshness.CurrentFingerprints(profile)
     return RuntimeTable.open(Path(path) if path is not None else defaults.TABLE, profile.key, default_config,
                              bucket_dims, missing_ok=missing_ok, make_config=make_config,
-                             entry_problem=lambda entry: fitness.entry_problem(entry, profile, act_dtype),
+                             entry_problem=lambda entry: (validate.entry_problem(entry, profile)
+                                                          or fitness.entry_problem(entry, profile, act_dtype)),
                              stale_fields=lambda entry: freshness.changed_fields(entry, fingerprints))

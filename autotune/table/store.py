@@ -50,12 +50,14 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotune import defaults
 from autotune.errors import TableError
+from autotune.files import check_output_file, read_bounded, remove_stale_temp_files
 from autotune.table.entry import TableEntry, _json_value_problem, _type_name
 
 SCHEMA_NAME = "gpt-oss-autotune/config-table"
@@ -166,7 +168,9 @@ class ConfigTable:
             The table, bound to ``path``.
 
         Raises:
-            TableError: The file is missing (and ``missing_ok`` is false) or unreadable, is not valid JSON, is not a
+            TableError: The file is missing (and ``missing_ok`` is false) or unreadable, is not a regular file (a
+                FIFO or device is refused without blocking), is larger than :data:`autotune.defaults.MAX_TABLE_BYTES`
+                (nothing is read then), is not valid JSON, is not a
                 config table (foreign format), was written by a newer schema version, or has a malformed device
                 section or entry (including an entry stored under a key that does not match its contents). The
                 message starts with the path.
@@ -174,13 +178,11 @@ class ConfigTable:
         table = cls(path)
         path = table.path
         try:
-            raw = path.read_bytes()
+            raw = read_bounded(path, defaults.MAX_TABLE_BYTES, what="table", error=TableError)
         except FileNotFoundError:
             if missing_ok:
                 return table
             raise TableError(f"{path}: table file not found") from None
-        except OSError as err:
-            raise TableError(f"{path}: cannot read table: {err.strerror or err}") from err
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
@@ -193,6 +195,8 @@ class ConfigTable:
             raise TableError(f"{path}: corrupt table: duplicate key {err.key!r} in a JSON object") from err
         except RecursionError as err:
             raise TableError(f"{path}: corrupt table: JSON nested too deeply") from err
+        except ValueError as err:  # e.g. an integer longer than Python's int-string conversion limit
+            raise TableError(f"{path}: corrupt table: {err}") from err
         table._read_document(doc)
         return table
 
@@ -441,13 +445,49 @@ def _json_kind(value: object) -> str:
     return type(value).__name__
 
 
+EntryCheck = Callable[[TableEntry], "str | None"]
+"""``(entry) -> problem or None``: why an entry must not be written to (or kept in) a table."""
+
+
+def _refuse_invalid(table: ConfigTable, device_key: str, check: EntryCheck | None) -> None:
+    for entry in table.entries(device_key) if check is not None else []:
+        problem = check(entry)
+        if problem:
+            raise TableError(f"{table.path}: stored entry {entry.key} of device {device_key!r} is invalid: {problem}; "
+                             "fix or remove it (the file was not changed)")
+
+
+def check_table_file(path: str | os.PathLike[str], device_key: str | None = None,
+                     check: EntryCheck | None = None) -> None:
+    """Check, before any work starts, that a table file can be read and then updated.
+
+    The path must be absent or a regular file of at most :data:`autotune.defaults.MAX_TABLE_BYTES` that this user may
+    read and write, under a folder this user may write into (see :func:`autotune.files.check_output_file`); an
+    existing file must also load (see :meth:`ConfigTable.load`) and, with ``check``, the stored entries of
+    ``device_key``'s section must pass it. Nothing is written.
+
+    Raises:
+        TableError: one line naming the path and the problem.
+    """
+    check_output_file(path, defaults.MAX_TABLE_BYTES, what="table", error=TableError)
+    table = ConfigTable.load(path, missing_ok=True)
+    if device_key is not None:
+        _refuse_invalid(table, device_key, check)
+
+
 def update_table(
     path: str | os.PathLike[str],
     device_key: str,
     device_info: Mapping[str, Any],
     new_entries: Iterable[TableEntry],
+    *,
+    check: EntryCheck | None = None,
 ) -> MergeReport:
     """Merge new entries into a table file under an exclusive lock: load, :meth:`ConfigTable.merge`, save.
+
+    Temp files of killed writes (``.<name>.*.tmp`` older than :data:`autotune.defaults.STALE_TMP_AGE_S`) are removed
+    first. With ``check``, a new entry or a stored entry of the device's section that fails it is refused: nothing is
+    written.
 
     The lock is an ``fcntl.flock`` on ``<path>.lock`` (the lock file is left in place), so concurrent tuning
     processes never lose each other's entries. A missing file starts an empty table; a corrupt, foreign or newer
@@ -458,18 +498,25 @@ def update_table(
         device_key: The device the entries were tuned on.
         device_info: Free-form device info stored in the device's section (replaces the stored one).
         new_entries: The new entries.
+        check: see :data:`EntryCheck`; ``None`` checks nothing beyond the entries' own validation.
 
     Returns:
         The keys added, replaced and kept.
 
     Raises:
-        TableError: The lock file cannot be opened or locked, or the table cannot be read (see
+        TableError: An entry fails ``check`` (named with its problem); the lock file cannot be opened or locked, or
+            the table cannot be read (see
             :meth:`ConfigTable.load`) or written (see :meth:`ConfigTable.save`).
         TypeError: Bad argument types (see :meth:`ConfigTable.merge`).
         ValueError: Bad argument values (see :meth:`ConfigTable.merge`).
     """
     path = Path(path)
     new_entries = list(new_entries)
+    for entry in new_entries if check is not None else []:
+        problem = check(entry) if isinstance(entry, TableEntry) else None
+        if problem:
+            raise TableError(f"{path}: refusing to write entry {entry.key} (study {entry.study}, trial "
+                             f"{entry.trial}): {problem}; the file was not changed")
     lock_path = path.with_suffix(path.suffix + ".lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -482,7 +529,9 @@ def update_table(
         except OSError as err:
             raise TableError(f"{path}: cannot lock {lock_path}: {err.strerror or err}") from err
         try:
+            remove_stale_temp_files(path, older_than_s=defaults.STALE_TMP_AGE_S)
             table = ConfigTable.load(path, missing_ok=True)
+            _refuse_invalid(table, device_key, check)
             report = table.merge(device_key, device_info, new_entries)
             table.save()
         finally:

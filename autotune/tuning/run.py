@@ -25,13 +25,14 @@ from autotune.tuning import notes
 from autotune.tuning import study as study_mod
 from autotune.tuning.space import config_hash
 from autotune.errors import ConfigError
-from autotune.table.export import best_entry
+from autotune.table.export import best_entry, entry_check
 from autotune.tuning.pool import WorkerPool
 from autotune.tuning.progress import StudyProgress
 from autotune.tuning import warm_start
 from autotune.tuning.capture import append_log
 from autotune.tuning.storage import make_sampler, open_storage, storage_lock, worker_log_path
 from autotune.table import TableEntry, update_table
+from autotune.table.store import check_table_file
 from autotune.tuning.tuner import StudyReport, TuneSettings, finalists_current, retime_finalists, run_trials, study_seed
 
 
@@ -80,10 +81,13 @@ def run(request: RunRequest) -> list[StudyReport]:
         One :class:`StudyReport` per study.
 
     Raises:
-        UserError: bad storage URL, invalid ``--enqueue`` config, corrupt table.
+        UserError: bad storage URL, invalid ``--enqueue`` config; TableError (before any study runs) for a table path
+            that cannot be read and replaced (see :func:`autotune.table.store.check_table_file`) or a corrupt table.
     """
     spec = registry.get(request.kernel)
     plan = plan_studies(request)
+    if request.table is not None:  # a table that cannot be updated fails now, not after the first study
+        check_table_file(request.table)
     storage = open_storage(request.storage_url)
     source_hash = spec.source_hash()
     reports = []
@@ -98,6 +102,8 @@ def _tune_group(request: RunRequest, plan, spec, group, storage, source_hash: st
     """Tune the plan's studies on one device group, exporting each winner as soon as it is known."""
     device = group.device
     reports = []
+    if request.table is not None:  # a stored entry that export would refuse: say so before tuning
+        check_table_file(request.table, device.key, entry_check(device.as_dict()))
     fingerprint = fingerprint_mod.fingerprint(device, source_hash)
     _log(f"device: {device.name} ({device.key}); {len(plan)} studies of {request.kernel}; "
          f"storage {request.storage_url}")
@@ -114,7 +120,8 @@ def _tune_group(request: RunRequest, plan, spec, group, storage, source_hash: st
         report, entry = _tune_one(key, space, user_configs, group, device, fingerprint, storage, request)
         reports.append(report)
         if request.table is not None and entry is not None:  # export as we go: a crash later loses nothing
-            merge = update_table(request.table, device.key, device.as_dict(), [entry])
+            merge = update_table(request.table, device.key, device.as_dict(), [entry],
+                                 check=entry_check(device.as_dict()))
             changed = "added" if merge.added else "replaced" if merge.replaced else "kept (faster entry stored)"
             _log(f"  table {request.table}: {key.name} {changed}")
     return reports

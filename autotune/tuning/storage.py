@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,19 +30,19 @@ def open_storage(url: str):
         An ``optuna.storages.BaseStorage``.
 
     Raises:
-        StorageError: if the URL is malformed or the storage cannot be opened (one line, names the URL).
+        StorageError: if the URL is malformed or the storage cannot be opened (one line, names the URL); for
+            ``sqlite:///`` and ``journal:`` also a path that is not a regular file or lies under a file or an
+            unwritable folder. Missing folders of those paths are created, with one line on stderr saying so.
     """
     import optuna
 
+    if url.startswith(("journal:", "sqlite:///")):
+        _prepare_folder(url, Path(url[len("journal:"):] if url.startswith("journal:") else url[len("sqlite:///"):]))
     try:
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
 
-            path = Path(url[len("journal:"):])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
         if "://" not in url:
             raise ValueError("not a storage URL (expected e.g. sqlite:///studies/autotune.db or journal:PATH)")
         with storage_lock(url):  # two runs creating one SQLite file at once race on its schema (alembic_version)
@@ -49,6 +50,29 @@ def open_storage(url: str):
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StorageError(f"cannot open storage {url!r}: {first_line}") from exc
+
+
+def _prepare_folder(url: str, path: Path) -> None:
+    """Check a file storage's path (a regular file or absent, in a writable folder; see
+    :func:`autotune.files.check_output_file`) and create its missing folders, saying so on stderr.
+
+    Raises:
+        StorageError: the path is a directory or device, a parent is a file, or the folder is not writable.
+    """
+    from autotune.files import check_output_file
+
+    try:
+        check_output_file(path, sys.maxsize, what="storage file", error=StorageError)
+    except StorageError as exc:
+        raise StorageError(f"cannot open storage {url!r}: {exc}") from None
+    folder = path.parent
+    if not folder.is_dir():
+        print(f"autotune: storage folder {folder} does not exist: creating it for {url}", file=sys.stderr,
+              flush=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot open storage {url!r}: cannot create {folder}: {exc.strerror or exc}") from exc
 
 
 def make_sampler(name: str, seed: int, n_trials: int):

@@ -17,6 +17,7 @@ import queue
 import statistics
 import time
 import zlib
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -142,6 +143,19 @@ def _idle_queue(workers) -> queue.Queue:
     return idle
 
 
+@contextmanager
+def _interrupt_on_stop(workers):
+    """On Ctrl-C or SIGTERM (a KeyboardInterrupt in this thread), end the workers at once so that the trials in flight
+    return instead of running to their timeout; they stay RUNNING in the storage, and the next run fails them as
+    ``interrupted`` and queues their configs again (:func:`autotune.tuning.study.recover_interrupted`)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        for worker in workers:
+            worker.interrupt()
+        raise
+
+
 def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSettings, report: StudyReport,
                on_trial=None, compilers=(), log=None, fingerprint_id: str | None = None,
                lock=contextlib.nullcontext) -> None:
@@ -180,7 +194,8 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
     max_in_flight = len(workers) + min(len(compilers), COMPILE_AHEAD * len(workers))
     stale_after = timedelta(seconds=3 * settings.trial_timeout_s + 60)
 
-    with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="trial") as executor:
+    with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="trial") as executor, \
+            _interrupt_on_stop([*workers, *compilers]):
         while True:
             counts = StudyCounts.read(study)
             reason = budget.blocker(counts)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import socket
+import signal
 import time
 from dataclasses import replace
 
@@ -36,7 +37,13 @@ def _exit_with_parent(parent_pid: int, interval_s: float = 0.5) -> None:
 
 
 def _worker_main(conn, env: dict[str, str], parent_pid: int) -> None:
-    """Entry point of the spawned process: set the environment, report the device, serve jobs."""
+    """Entry point of the spawned process: set the environment, report the device, serve jobs.
+
+    SIGINT is ignored here (and blocked from the spawn until now, see :meth:`Worker.start`): Ctrl-C reaches every
+    process of the terminal's foreground group, and the tuner, not its workers, decides how a run stops (it stops
+    them); a worker that took the signal would print its own KeyboardInterrupt traceback first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _exit_with_parent(parent_pid)
     os.environ.update(env)
     from autotune import device as device_mod
@@ -95,6 +102,7 @@ class Worker:
         self.restarts = 0
         self._process = None
         self._conn = None
+        self._closed = False
 
     def _env(self) -> dict[str, str]:
         env = {"TRITON_INTERPRET": "1"} if self.interpreter else {"TRITON_INTERPRET": "0"}
@@ -111,7 +119,13 @@ class Worker:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self._process = ctx.Process(target=_worker_main, args=(child, self._env(), os.getpid()), daemon=True)
-        self._process.start()
+        # SIGINT stays blocked in the child until _worker_main ignores it: a Ctrl-C while it imports torch would
+        # otherwise print a traceback from the child. The mask is per thread and inherited through the spawn.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         child.close()
         self._conn = parent
         if not parent.poll(self.start_timeout_s):
@@ -150,6 +164,15 @@ class Worker:
             self._conn.close()
         self._process = self._conn = None
 
+    def interrupt(self) -> None:
+        """End the process now, for good (the run is stopping): a job in flight returns an ``interrupted`` result at
+        once and nothing is restarted. Safe to call from another thread than the one waiting in :meth:`evaluate`;
+        :meth:`stop` cleans up afterwards."""
+        self._closed = True
+        process = self._process
+        if process is not None and process.is_alive():
+            process.kill()
+
     def restart(self) -> None:
         """Kill and start again."""
         self.stop()
@@ -167,6 +190,8 @@ class Worker:
             The worker's :class:`Result` (with :attr:`Result.where` set: this host, the GPU index, the device key),
             or one of kind ``timeout`` / ``worker_died`` with the reason.
         """
+        if self._closed:
+            return Result(kind=Kind.INTERRUPTED, error="the run is stopping")
         result = self._evaluate(job, timeout_s)
         key = self.device.key if self.device is not None else None
         return replace(result, where={"node": socket.gethostname(), "gpu": self.gpu, "device_key": key})
@@ -181,6 +206,8 @@ class Worker:
         except (BrokenPipeError, OSError):
             ready = True  # the process is gone; recv below reports it
         if not ready:
+            if self._closed:
+                return Result(kind=Kind.INTERRUPTED, error="the run stopped while this job ran")
             self._process.kill()
             self.restart()
             return Result(kind=Kind.TIMEOUT,
@@ -188,6 +215,8 @@ class Worker:
         try:
             result = self._conn.recv()
         except (EOFError, OSError):
+            if self._closed:
+                return Result(kind=Kind.INTERRUPTED, error="the run stopped while this job ran")
             self._process.join(5.0)
             code = self._process.exitcode if self._process is not None else None
             self.restart()

@@ -24,6 +24,14 @@ FP8_MAX = 448.0
 
 MAX_SPLIT_KV = 64
 
+MAX_NUM_WARPS = 32
+"""1024 threads per block at most on every CUDA GPU (CUDA C Programming Guide, "Technical Specifications per Compute
+Capability"): 32 warps of 32 threads."""
+
+MAX_BLOCK = 1024
+"""Largest tile side accepted: a 1024 x 1024 tile is Triton's largest tensor (``TRITON_MAX_TENSOR_NUMEL`` = 2**20
+elements, ``triton/language/core.py``); the search space offers at most 256."""
+
 
 def _is_pow2(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
@@ -119,7 +127,9 @@ class AttentionConfig:
             in registers).
 
     Raises:
-        ValueError: on an impossible value (checked at construction).
+        ValueError: on an impossible value (checked at construction): tiles are powers of two in 16..
+            :data:`MAX_BLOCK`, ``num_warps`` a power of two up to :data:`MAX_NUM_WARPS`, ``SPLIT_KV`` up to
+            :data:`MAX_SPLIT_KV`.
     """
 
     BLOCK_M: int = 64
@@ -136,6 +146,10 @@ class AttentionConfig:
                 raise ValueError(f"{name}={value!r} must be a positive power of two")
         if min(self.BLOCK_M, self.BLOCK_N) < 16:
             raise ValueError(f"BLOCK_M={self.BLOCK_M} and BLOCK_N={self.BLOCK_N} must be >= 16 (tl.dot minimum)")
+        if max(self.BLOCK_M, self.BLOCK_N) > MAX_BLOCK:
+            raise ValueError(f"BLOCK_M={self.BLOCK_M} and BLOCK_N={self.BLOCK_N} must be <= {MAX_BLOCK}")
+        if self.num_warps > MAX_NUM_WARPS:
+            raise ValueError(f"num_warps={self.num_warps} must be <= {MAX_NUM_WARPS}")
         if self.SPLIT_KV > MAX_SPLIT_KV:
             raise ValueError(f"SPLIT_KV={self.SPLIT_KV} must be <= {MAX_SPLIT_KV}")
         if not isinstance(self.num_stages, int) or isinstance(self.num_stages, bool) or not 1 <= self.num_stages <= 8:
@@ -149,7 +163,7 @@ class AttentionConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(params) - known
         if unknown:
-            raise ValueError(f"unknown attention config keys {sorted(unknown)}")
+            raise ValueError(f"unknown attention config keys {sorted(map(str, unknown))}")
         return cls(**params)
 
     def as_dict(self) -> dict:

@@ -19,6 +19,24 @@ GEMV_MAX_BLOCK_M = 16
 expert the MMA path does the same work with tensor cores."""
 
 
+MAX_NUM_WARPS = 32
+"""1024 threads per block at most on every CUDA GPU (CUDA C Programming Guide, "Technical Specifications per Compute
+Capability"): 32 warps of 32 threads."""
+
+MAX_BLOCK = 1024
+"""Largest tile side accepted: a 1024 x 1024 tile is Triton's largest tensor (``TRITON_MAX_TENSOR_NUMEL`` = 2**20
+elements, ``triton/language/core.py``); the search space offers at most 256."""
+
+MAX_GROUP_M = 1024
+MAX_SPLIT_K = 64
+MAX_PROGRAMS_PER_SM = 32
+"""Bounds of the schedule knobs, far above what the search space offers (GROUP_M 16, SPLIT_K 8, 4 programs per SM):
+they keep grid arithmetic in int32 and refuse nonsense such as ``GROUP_M: 2**62`` from a hand-edited table."""
+
+_UPPER = {"BLOCK_M": MAX_BLOCK, "BLOCK_N": MAX_BLOCK, "BLOCK_K": MAX_BLOCK, "GROUP_M": MAX_GROUP_M,
+          "num_warps": MAX_NUM_WARPS, "SPLIT_K": MAX_SPLIT_K, "programs_per_sm": MAX_PROGRAMS_PER_SM}
+
+
 def _is_pow2(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
@@ -110,7 +128,9 @@ class MoeGemmConfig:
     runtime launches, built from this class, so the two cannot disagree).
 
     Raises:
-        ValueError: on an impossible combination (checked at construction).
+        ValueError: on an impossible combination or a value out of bounds (checked at construction): every integer
+            knob is a power of two, at most :data:`MAX_BLOCK` (tiles), :data:`MAX_GROUP_M`, :data:`MAX_NUM_WARPS`,
+            :data:`MAX_SPLIT_K`, :data:`MAX_PROGRAMS_PER_SM`.
     """
 
     BLOCK_M: int = 64
@@ -131,6 +151,8 @@ class MoeGemmConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not _is_pow2(value):
                 raise ValueError(f"{name}={value!r} must be a positive power of two")
+            if value > _UPPER[name]:
+                raise ValueError(f"{name}={value} must be <= {_UPPER[name]}")
         if self.path not in PATHS:
             raise ValueError(f"path={self.path!r} must be one of {PATHS}")
         if self.path == "mma" and min(self.BLOCK_M, self.BLOCK_N) < 16:
@@ -147,7 +169,7 @@ class MoeGemmConfig:
                 raise ValueError("path='gemv' runs one program per tile (schedule='grid', GROUP_M=1)")
         if self.BLOCK_K < 32:
             raise ValueError(f"BLOCK_K={self.BLOCK_K} must be a multiple of the MXFP4 group size 32")
-        if not isinstance(self.num_stages, int) or not 1 <= self.num_stages <= 8:
+        if not isinstance(self.num_stages, int) or isinstance(self.num_stages, bool) or not 1 <= self.num_stages <= 8:
             raise ValueError(f"num_stages={self.num_stages!r} must be in 1..8")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r} must be one of {SCHEDULES}")
@@ -164,7 +186,7 @@ class MoeGemmConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(params) - known
         if unknown:
-            raise ValueError(f"unknown moe_gemm config keys {sorted(unknown)}")
+            raise ValueError(f"unknown moe_gemm config keys {sorted(map(str, unknown))}")
         return cls(**params)
 
     def as_dict(self) -> dict:

@@ -201,6 +201,7 @@ class RayWorker:
         self.info: dict[str, Any] = {}
         self.device = None
         self.actor = None
+        self._closed = False
 
     def launch(self):
         """Create the actor; returns the reference its start-up answers on (see :meth:`started`)."""
@@ -252,6 +253,8 @@ class RayWorker:
             reason = f"the Ray actor died mid-trial: {_first_line(exc)}"
         else:
             return replace(result, where=self.where)
+        if self._closed:  # killed by interrupt(): the run is stopping, nothing to recover
+            return Result(kind=Kind.INTERRUPTED, error="the run is stopping", where=self.where)
         kind = self._recover()
         where = self.where
         if kind is Kind.NODE_LOST:
@@ -278,6 +281,13 @@ class RayWorker:
         _log(f"ray: actor {self.index} ({self.info.get('node')}, GPU {self.info.get('gpu')}) retired"
              + ("; its node left the cluster" if lost_node else ""))
         return Kind.NODE_LOST if lost_node else Kind.WORKER_DIED
+
+    def interrupt(self) -> None:
+        """End the actor now, for good (Ctrl-C or SIGTERM of the driver): a job in flight returns an ``interrupted``
+        result at once and nothing is restarted; the storage keeps its trial RUNNING for the next run to re-queue,
+        as with a local worker (:meth:`autotune.tuning.worker.Worker.interrupt`)."""
+        self._closed = True
+        self.kill()
 
     def kill(self) -> None:
         """End the actor (its worker process follows: it watches its parent)."""

@@ -152,8 +152,11 @@ def _measure(job, compilers, evaluators, timeout_s: float):
 
 
 def sweep(cases, *, interpreter: bool, rep_ms: float, compile_workers: int, trial_timeout_s: float,
-          log=print) -> dict[str, Any]:
-    """Measure every config of every case's reduced space; returns the cache document."""
+          log=print, on_case=None) -> dict[str, Any]:
+    """Measure every config of every case's reduced space; returns the cache document.
+
+    ``on_case(doc)`` is called after each finished case (the caller saves it: a sweep cut by a time limit keeps the
+    shapes it finished)."""
     import queue
 
     from autotune import defaults
@@ -207,6 +210,8 @@ def sweep(cases, *, interpreter: bool, rep_ms: float, compile_workers: int, tria
                 "label": case.label, "kernel": case.kernel, "variant": case.variant, "shape": shape,
                 "choices": {p.name: list(p.choices) for p in space.params}, "default": space.default,
                 "fingerprint": fingerprint, "configs": list(records.values())})
+            if on_case is not None:
+                on_case(doc)
     return doc
 
 
@@ -467,7 +472,8 @@ def main(argv=None) -> int:
         start = time.monotonic()
         doc = sweep(CPU_CASES if args.cpu_smoke else GPU_CASES, interpreter=interpreter,
                     rep_ms=args.rep_ms or (1.0 if interpreter else 20.0), compile_workers=workers,
-                    trial_timeout_s=args.trial_timeout)
+                    trial_timeout_s=args.trial_timeout,
+                    on_case=lambda partial: _atomic_write(out / "sweep.json", json.dumps(partial, indent=1) + "\n"))
         doc["sweep_wall_s"] = time.monotonic() - start
         print(f"sweep: {doc['sweep_wall_s']:.0f} s for {len(doc['cases'])} shapes")
         _atomic_write(out / "sweep.json", json.dumps(doc, indent=1) + "\n")

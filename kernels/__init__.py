@@ -23,3 +23,18 @@ def next_pow2(value: float) -> int:
     while power < value:
         power *= 2
     return power
+
+
+def config_from_dict(cls, params, family: str):
+    """Build the frozen config dataclass ``cls`` of kernel ``family`` from a mapping of its field names.
+
+    Raises:
+        ValueError: a key is not a field of ``cls`` (the message names the family and the keys); the dataclass's own
+            validation raises for bad values.
+    """
+    from dataclasses import fields
+
+    unknown = set(params) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {family} config keys {sorted(map(str, unknown))}")
+    return cls(**params)

@@ -42,7 +42,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from typing import Any
 
 import optuna
 
-from autotune import registry
+from autotune import atomic, registry
 from autotune.tuning import warm_start
 from autotune.tuning.presets import trials_to_reach
 from autotune.tuning.space import Param, SearchSpace, config_hash, enumerate_configs
@@ -115,16 +114,6 @@ def reduced_space(space: SearchSpace, choices: dict[str, tuple | None]) -> Searc
 def case_shape(case: Case) -> dict[str, int]:
     spec = registry.get(case.kernel)
     return spec.kernel.model_shapes(case.variant, **case.dims)[0].as_dict()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(handle, "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------------------ sweep
@@ -473,15 +462,15 @@ def main(argv=None) -> int:
         doc = sweep(CPU_CASES if args.cpu_smoke else GPU_CASES, interpreter=interpreter,
                     rep_ms=args.rep_ms or (1.0 if interpreter else 20.0), compile_workers=workers,
                     trial_timeout_s=args.trial_timeout,
-                    on_case=lambda partial: _atomic_write(out / "sweep.json", json.dumps(partial, indent=1) + "\n"))
+                    on_case=lambda partial: atomic.write_text(out / "sweep.json", json.dumps(partial, indent=1) + "\n"))
         doc["sweep_wall_s"] = time.monotonic() - start
         print(f"sweep: {doc['sweep_wall_s']:.0f} s for {len(doc['cases'])} shapes")
-        _atomic_write(out / "sweep.json", json.dumps(doc, indent=1) + "\n")
+        atomic.write_text(out / "sweep.json", json.dumps(doc, indent=1) + "\n")
         if args.sweep_only:
             return 0
     result = replay(doc, samplers, args.seeds, args.max_trials)
-    _atomic_write(out / "replay.json", json.dumps(result, indent=1) + "\n")
-    _atomic_write(out / "report.md", report_markdown(result))
+    atomic.write_text(out / "replay.json", json.dumps(result, indent=1) + "\n")
+    atomic.write_text(out / "report.md", report_markdown(result))
     plotted = plot(result, out / "curves.png")
     print(f"wrote {out / 'report.md'}" + (f" and {out / 'curves.png'}" if plotted else ""))
     return 0

@@ -44,18 +44,16 @@ The runtime lookup that serves a table is :mod:`autotune.table.lookup`.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune import defaults
+from autotune import atomic, defaults
 from autotune.errors import TableError
 from autotune.files import check_output_file, read_bounded, remove_stale_temp_files
 from autotune.table.entry import TableEntry, _json_value_problem, _type_name
@@ -104,29 +102,6 @@ class _DuplicateKeyError(ValueError):
         self.key = key
 
 
-def _current_umask() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
-
-
-def _fsync_dir(directory: Path) -> None:
-    """fsync a directory so that a rename in it is durable; best effort (not every platform/filesystem allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class ConfigTable:
@@ -399,36 +374,7 @@ class ConfigTable:
         Raises:
             TableError: The directory or file cannot be written (the message starts with the path).
         """
-        path = self.path
-        text = self.dumps()
-        directory = path.parent
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise TableError(f"{path}: cannot create directory {directory}: {err.strerror or err}") from err
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except OSError:
-            mode = 0o666 & ~_current_umask()
-        tmp_name: str | None = None
-        try:
-            with tempfile.NamedTemporaryFile(
-                "w", encoding="utf-8", newline="\n", dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False
-            ) as tmp:
-                tmp_name = tmp.name
-                tmp.write(text)
-                tmp.flush()
-                os.fchmod(tmp.fileno(), mode)
-                os.fsync(tmp.fileno())
-            os.replace(tmp_name, path)
-            tmp_name = None
-        except OSError as err:
-            raise TableError(f"{path}: cannot write table: {err.strerror or err}") from err
-        finally:
-            if tmp_name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
-        _fsync_dir(directory)
+        atomic.write_text(self.path, self.dumps(), error=TableError, what="cannot write table")
 
 
 def _json_kind(value: object) -> str:

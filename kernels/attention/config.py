@@ -5,7 +5,9 @@ Legend: B sequences, S keys per sequence (the context), Hq query heads, Hkv KV h
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from kernels import config_from_dict
 
 import torch
 
@@ -160,11 +162,7 @@ class AttentionConfig:
     @classmethod
     def from_dict(cls, params: dict) -> AttentionConfig:
         """Build from a mapping of field names; unknown keys raise ValueError."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(params) - known
-        if unknown:
-            raise ValueError(f"unknown attention config keys {sorted(map(str, unknown))}")
-        return cls(**params)
+        return config_from_dict(cls, params, "attention")
 
     def as_dict(self) -> dict:
         """The config as a plain dict (JSON-ready)."""

@@ -5,7 +5,9 @@ Legend: M rows (tokens), K input features, N output features.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from kernels import config_from_dict
 
 VARIANTS = ("qkv", "attn_out", "router")
 """The projections gpt-oss launches through the gemv at decode (``autotune/model/model.py``): qkv (hidden →
@@ -126,11 +128,7 @@ class GemvConfig:
     @classmethod
     def from_dict(cls, params: dict) -> GemvConfig:
         """Build from a mapping of field names; unknown keys raise ValueError."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(params) - known
-        if unknown:
-            raise ValueError(f"unknown gemv config keys {sorted(unknown)}")
-        return cls(**params)
+        return config_from_dict(cls, params, "gemv")
 
     def as_dict(self) -> dict:
         """The config as a plain dict (JSON-ready)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from kernels import config_from_dict
 
 VARIANTS = ("mlp1", "mlp2")
 """mlp1: hidden → 2·intermediate with SwiGLU (gate/linear interleaved); mlp2: intermediate → hidden, gate-weighted
@@ -183,11 +185,7 @@ class MoeGemmConfig:
     @classmethod
     def from_dict(cls, params: dict) -> MoeGemmConfig:
         """Build from a mapping of field names; unknown keys raise ValueError."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(params) - known
-        if unknown:
-            raise ValueError(f"unknown moe_gemm config keys {sorted(map(str, unknown))}")
-        return cls(**params)
+        return config_from_dict(cls, params, "moe_gemm")
 
     def as_dict(self) -> dict:
         """The config as a plain dict (JSON-ready)."""

@@ -34,6 +34,8 @@ FAIL_KIND = {"compile_error": Kind.COMPILE_ERROR, "hang": Kind.TIMEOUT, "wrong":
 class ScriptedWorker:
     """Answers a job from its config: ``ok`` takes BLOCK·UNROLL-dependent µs, ``ok2`` 20 ms more; others fail."""
 
+    retired = False  # the tuner's worker interface: a local worker never retires (only Ray actors do)
+
     def __init__(self, delay_s: float = 0.0) -> None:
         self.jobs: list[dict] = []
         self.delay_s = delay_s

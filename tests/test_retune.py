@@ -58,12 +58,17 @@ def _entries(path: Path) -> dict[str, dict]:
     return json.loads(path.read_text())["devices"][DEVICE]["entries"]
 
 
-def _aged_table(main_job, name: str) -> Path:
-    """A copy of the main job's table with the :data:`AGED` fingerprint fields."""
+def _aged_table(main_job, name: str, servable: bool = False) -> Path:
+    """A copy of the main job's table with the :data:`AGED` fingerprint fields; ``servable``: the aged entries hold
+    their shape's default config (which the fp32 CPU loop can launch, whatever the fp16 tuner picked)."""
     path = main_job["tmp"] / name
     doc = json.loads(main_job["table"].read_text())
     for key, fields in AGED.items():
-        doc["devices"][DEVICE]["entries"][key]["fingerprint"].update(fields)
+        stored = doc["devices"][DEVICE]["entries"][key]
+        stored["fingerprint"].update(fields)
+        if servable:
+            stored["config"] = registry.get("moe_gemm").default_config(stored["variant"], stored["shape"],
+                                                                       device_mod.INTERPRETER)
     path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     return path
 
@@ -121,7 +126,7 @@ def test_fitness_asks_the_kernel():
     from autotune.table import TableEntry
 
     spec = registry.get("moe_gemm")
-    base = spec.default_config("mlp1", table_entry["shape"], device_mod.INTERPRETER)
+    base = {**spec.default_config("mlp1", table_entry["shape"], device_mod.INTERPRETER), "path": "mma"}  # MMA kernel
     dot = TableEntry(**table_entry, config={**base, "dequant": "dot_scaled"})
     ptx = TableEntry(**table_entry, config={**base, "dequant": "upcast_ptx"})
     assert entry_problem(dot, device_mod.INTERPRETER, torch.float16) is None
@@ -289,7 +294,7 @@ def test_bench_model_counts_stale_configs(main_job, tiny, tmp_path):
     (older Triton) is what a batch-1 decode step's mlp1 is served from."""
     import re
 
-    aged = _aged_table(main_job, "aged_bench.json")
+    aged = _aged_table(main_job, "aged_bench.json", servable=True)
     report = tmp_path / "bench.md"
     assert cli.main(["bench-model", "--checkpoint", str(tiny), "--tests", "tg2", "--runs", "1", "--table", str(aged),
                      "--out", str(report)]) == 0

@@ -236,7 +236,7 @@ BAD_CONFIGS = {
     "string tile": ({"BLOCK_N": "sixteen"}, "BLOCK_N='sixteen' must be a positive power of two"),
     "float tile": ({"BLOCK_N": 64.0}, "BLOCK_N=64.0 must be a positive power of two"),
     "bool warps": ({"num_warps": True}, "num_warps=True must be a positive power of two"),
-    "constraint": ({"BLOCK_M": 256}, "BLOCK_M=256 > 16"),
+    "constraint": ({"path": "mma", "BLOCK_M": 256}, "BLOCK_M=256 > 16"),
 }
 
 

@@ -143,10 +143,7 @@ def _tune_one(key, space, user_configs, pool, device, fingerprint, storage, requ
         _log(f"{key.name}: re-queued {len(report.recovered)} trial(s) interrupted by a killed run "
              f"{report.recovered}")
     with storage_lock(request.storage_url):  # two runs on one storage: the default (and the rest) queued once
-        queued = _enqueue_start(study, storage, key, space, device, user_configs, fingerprint, request)
-        for start in warm:  # a re-tune's old winner and its neighbours (autotune.tuning.retune)
-            if study_mod.enqueue(study, space, start.config, source=start.source, again=start.retime, **start.attrs):
-                queued.append(start.attrs.get("enqueued_from", start.source))
+        queued = _enqueue_start(study, storage, key, space, device, user_configs, fingerprint, request, warm)
     if queued:
         _log(f"{key.name}: queued {', '.join(queued)}")
     log_path = worker_log_path(request.storage_url)
@@ -175,9 +172,11 @@ def _tune_one(key, space, user_configs, pool, device, fingerprint, storage, requ
 
 
 
-def _enqueue_start(study, storage, key, space, device, user_configs, fingerprint, request: RunRequest) -> list[str]:
-    """Queue, in this order and each config once: the default, the user's configs, the old winners to measure again
-    under a new fingerprint, the neighbouring shapes' winners (:mod:`autotune.tuning.warm_start`).
+def _enqueue_start(study, storage, key, space, device, user_configs, fingerprint, request: RunRequest,
+                   warm=()) -> list[str]:
+    """Queue, in this order and each config once: the default, the user's configs, a re-tune's ``warm`` configs (its
+    old winner and neighbours, :mod:`autotune.tuning.retune`), the old winners to measure again under a new
+    fingerprint, the neighbouring shapes' winners (:mod:`autotune.tuning.warm_start`).
 
     Returns:
         ``enqueued_from`` labels of what was queued now.
@@ -188,6 +187,9 @@ def _enqueue_start(study, storage, key, space, device, user_configs, fingerprint
     for config in user_configs:
         if study_mod.enqueue(study, space, config, source="user"):
             queued.append("user")
+    for start in warm:
+        if study_mod.enqueue(study, space, start.config, source=start.source, again=start.retime, **start.attrs):
+            queued.append(start.attrs.get("enqueued_from", start.source))
     if request.warm_start:
         for item in warm_start.old_winners(study, storage, key, space, fingerprint):
             if study_mod.enqueue(study, space, item.config, source="warm_start", enqueued_from=item.origin,

@@ -14,6 +14,10 @@ from autotune.model.model import GptOss
 DEFAULT_MAX_POSITIONS = 16384
 """RoPE table length: the longest prompt + generation served by default."""
 
+MAX_POSITIONS = 2**20
+"""Largest RoPE table accepted (``[MAX_POSITIONS, head_dim / 2]`` cos and sin in fp32: 256 MiB at head_dim 64), so a
+huge ``max_positions`` fails at once instead of allocating."""
+
 
 def activation_dtype(device: torch.device) -> torch.dtype:
     """bfloat16 on GPUs; float32 under the Triton interpreter (its bf16 ``tl.dot`` is wrong, triton#11584)."""
@@ -29,15 +33,21 @@ def _torch_device(device: str | torch.device | None) -> torch.device:
 def _positions(config: ModelConfig, max_positions: int | None) -> int:
     """The RoPE table length: ``max_positions``, or :data:`DEFAULT_MAX_POSITIONS` capped at the model's context.
 
+    Positions past the model's context (``initial_context_length x rope_scaling_factor``) are allowed, as HF
+    transformers allows them, with one warning: RoPE extrapolates there and quality is not what the model was trained
+    for.
+
     Raises:
-        CheckpointError: ``max_positions`` outside 1..``config.max_context``.
+        CheckpointError: ``max_positions`` outside 1..:data:`MAX_POSITIONS`.
     """
     if max_positions is None:
         return min(DEFAULT_MAX_POSITIONS, config.max_context)
-    if not 1 <= max_positions <= config.max_context:
-        raise CheckpointError(f"{max_positions} positions asked for, but the model covers 1..{config.max_context} "
-                              f"(initial_context_length {config.initial_context_length} x rope_scaling_factor "
-                              f"{config.rope_scaling_factor:g})")
+    if not 1 <= max_positions <= MAX_POSITIONS:
+        raise CheckpointError(f"{max_positions} positions asked for; the RoPE table holds 1..{MAX_POSITIONS}")
+    if max_positions > config.max_context:
+        warnings.warn(f"{max_positions} positions asked for, past the model's context of {config.max_context} "
+                      f"(initial_context_length {config.initial_context_length} x rope_scaling_factor "
+                      f"{config.rope_scaling_factor:g}): RoPE extrapolates there", RuntimeWarning, stacklevel=3)
     return max_positions
 
 

@@ -104,8 +104,9 @@ def test_dot_scaled_entries_fall_back_to_the_default(main_job, tiny, capsys):
     warning per entry naming it, the default config instead, the same tokens as without a table."""
     path = main_job["tmp"] / "dot_scaled.json"
     doc = json.loads(main_job["table"].read_text())
-    for entry in doc["devices"][DEVICE]["entries"].values():
-        entry["config"]["dequant"] = "dot_scaled"
+    for entry in doc["devices"][DEVICE]["entries"].values():  # the MMA kernel with tl.dot_scaled, fp16-only
+        config = entry["config"]
+        config.update(path="mma", dequant="dot_scaled", BLOCK_M=max(16, config.get("BLOCK_M", 16)))
     path.write_text(json.dumps(doc))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

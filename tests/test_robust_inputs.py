@@ -256,6 +256,33 @@ def test_invalid_entry_is_skipped_with_one_warning(tmp_path, name):
     assert answer.source == "nearest" and answer.entry.key == good.key and answer.config.as_dict() == moe_default()
 
 
+def test_nearest_entry_not_offered_at_the_asked_shape_is_passed_over(tmp_path):
+    """A decode-only gemv config (tuned at M = 4, few rows per expert) never stands in for a prefill shape, where the
+    search space offers the MMA path only: the next nearest entry does, or else the default (seen on the H200,
+    2026-12-02: an mlp2 M = 1 gemv entry served to M = 2048 made pp2048 0.09x of default)."""
+    prefill = {**MOE_SHAPE, "M": 256}                      # 128 routed rows per expert: gemv not offered
+    gemv = moe_default()
+    assert gemv["path"] == "gemv"                            # the interpreter's default at MOE_SHAPE
+    mma_prefill = registry.get("moe_gemm").default_config("mlp1", prefill, INTERPRETER)
+    assert mma_prefill["path"] == "mma"
+    mid = {**MOE_SHAPE, "M": 64}
+    mma_mid = registry.get("moe_gemm").default_config("mlp1", mid, INTERPRETER)   # offered at M = 64 and above
+    write_table(tmp_path / "one.json", [entry(gemv)])
+    only_gemv = open_table(tmp_path / "one.json", INTERPRETER)
+    answer = only_gemv.lookup("moe_gemm", "mlp1", prefill)
+    assert answer.source == "default" and answer.config.path == "mma"
+    [(key, problem)] = only_gemv.passed_over.items()
+    assert key[0] == entry(gemv).key and "path='gemv' is not one of ['mma']" in problem
+    near = only_gemv.lookup("moe_gemm", "mlp1", {**MOE_SHAPE, "M": 2})   # still offered there: it stands in
+    assert near.source == "nearest" and near.config.path == "gemv"
+
+    far_shape = {**MOE_SHAPE, "M": 2048}
+    write_table(tmp_path / "two.json", [entry(gemv), entry(mma_mid, shape=far_shape)])
+    both = open_table(tmp_path / "two.json", INTERPRETER)
+    answer = both.lookup("moe_gemm", "mlp1", mid)                      # log2 distance 4 to the gemv, 5 to M=2048
+    assert answer.source == "nearest" and answer.entry.shape["M"] == 2048 and answer.config.path == "mma"
+
+
 def test_validate_names_unknown_kernel_variant_and_shape():
     assert "unknown kernel 'nope'" in validate.config_problem("nope", "x", {}, {})
     assert "has no variant 'mlp3'" in validate.config_problem("moe_gemm", "mlp3", MOE_SHAPE, moe_default())

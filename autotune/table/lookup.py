@@ -4,8 +4,9 @@
     config = table.lookup("moe_gemm", "mlp1", {"M": 3, "N": 5760, "K": 2880, "E": 32, "top_k": 4}).config
 
 :meth:`RuntimeTable.lookup` answers, in order: the exact entry for (kernel, variant, shape); else the entry whose
-bucket dimension is nearest in log2 distance with every other dimension equal (ties to the larger bucket); else the
-kernel family's own default heuristic, with one ``RuntimeWarning`` per (kernel, variant). Only the section of one
+bucket dimension is nearest in log2 distance with every other dimension equal (ties to the larger bucket) and whose
+config the search space at the asked shape accepts (else the next nearest: a decode-only gemv config tuned at M = 1 is
+never served to a 2048-token prefill); else the kernel family's own default heuristic, with one ``RuntimeWarning`` per (kernel, variant). Only the section of one
 device key is consulted: an interpreter or another GPU's section is never served. Each answer is converted once into
 the kernel's config object (``make_config``) and memoized: this is the one memo between the table and a launch.
 """
@@ -52,6 +53,11 @@ EntryCheck = Callable[[TableEntry], "str | None"]
 """``(entry) -> problem or None``: why an entry cannot be served here (invalid config, unfit for this device or
 dtype); such an entry is skipped with one warning naming its key, as if it were absent."""
 
+NearestCheck = Callable[[TableEntry, Mapping[str, int]], "str | None"]
+"""``(entry, asked shape) -> problem or None``: why a neighbour's config cannot stand in at the asked shape (a value
+the search space there does not offer, a constraint that fails there); such an entry is passed over for the next
+nearest one."""
+
 StaleCheck = Callable[[TableEntry], "list[str]"]
 """``(entry) -> changed fingerprint fields``: an entry tuned under other software is still served, with one warning
 per kernel that says how to re-tune."""
@@ -90,6 +96,7 @@ class RuntimeTable:
         warn_defaults: bool = True,
         entry_problem: EntryCheck | None = None,
         stale_fields: StaleCheck | None = None,
+        nearest_problem: NearestCheck | None = None,
     ) -> None:
         """Index one device's entries of ``table``.
 
@@ -105,6 +112,7 @@ class RuntimeTable:
                 that asked for defaults, e.g. ``--no-table``).
             entry_problem: see :data:`EntryCheck`; None serves every entry of the section.
             stale_fields: see :data:`StaleCheck`; None treats every entry as fresh.
+            nearest_problem: see :data:`NearestCheck`; None lets the nearest entry stand in at any shape.
         """
         self.table = table
         self.device_key = device_key
@@ -114,6 +122,9 @@ class RuntimeTable:
         self._where = f"table {table.path}" if table is not None else "no table"
         self._has_section = table is not None and device_key in table.device_keys()
         self._stale_fields = stale_fields
+        self._nearest_problem = nearest_problem
+        self.passed_over: dict[tuple[str, str], str] = {}
+        """(entry key, asked shape) → why that neighbour's config did not stand in there (see ``nearest_problem``)."""
         self.skipped: dict[str, str] = {}
         """Entry key → why it is not served (see ``entry_problem``)."""
         self._exact: dict[tuple[str, str, _ShapeTuple], TableEntry] = {}
@@ -151,6 +162,7 @@ class RuntimeTable:
         make_config: MakeConfig = _read_only,
         entry_problem: EntryCheck | None = None,
         stale_fields: StaleCheck | None = None,
+        nearest_problem: NearestCheck | None = None,
     ) -> RuntimeTable:
         """Load a table file once and serve one device's section of it.
 
@@ -163,6 +175,7 @@ class RuntimeTable:
             make_config: see :meth:`__init__`.
             entry_problem: see :meth:`__init__`.
             stale_fields: see :meth:`__init__`.
+            nearest_problem: see :meth:`__init__`.
 
         Returns:
             The runtime table.
@@ -171,7 +184,8 @@ class RuntimeTable:
             TableError: The file cannot be loaded (see :meth:`ConfigTable.load`).
         """
         return cls(ConfigTable.load(path, missing_ok=missing_ok), device_key, default_config, bucket_dims,
-                   make_config=make_config, entry_problem=entry_problem, stale_fields=stale_fields)
+                   make_config=make_config, entry_problem=entry_problem, stale_fields=stale_fields,
+                   nearest_problem=nearest_problem)
 
     def lookup(self, kernel: str, variant: str, shape: Mapping[str, int]) -> LookupResult:
         """Return the config to launch ``kernel``/``variant`` with on ``shape``.
@@ -232,9 +246,11 @@ class RuntimeTable:
             if query is not None:
                 fixed = tuple(d for d in dims if d[0] != bucket_dim)
                 group = self._buckets.get((kernel, variant, bucket_dim, fixed))
-                if group:
-                    _, entry = min(group, key=lambda item: (_bucket_distance(query, item[0]), -item[0]))
-                    return self._served(kernel, entry, "nearest")
+                for _, entry in sorted(group or (), key=lambda item: (_bucket_distance(query, item[0]), -item[0])):
+                    problem = self._nearest_problem(entry, dict(dims)) if self._nearest_problem else None
+                    if not problem:
+                        return self._served(kernel, entry, "nearest")
+                    self.passed_over[(entry.key, _format_shape(dims))] = problem
 
         config = self._default_config(kernel, variant, dict(dims))
         if not isinstance(config, Mapping):
@@ -250,6 +266,9 @@ class RuntimeTable:
             elif unusable := [k for k in self.skipped if k.startswith(f"{kernel}/{variant}/")]:
                 why = (f"{self._where}'s {len(unusable)} entries for it cannot be served here "
                        f"({self.skipped[unusable[0]]})")
+            elif passed := [problem for (k, asked), problem in self.passed_over.items()
+                            if k.startswith(f"{kernel}/{variant}/") and asked == _format_shape(dims)]:
+                why = f"{self._where}'s nearest entries for it do not fit this shape ({passed[0]})"
             else:
                 why = f"{self._where} has no entry for it on device {self.device_key!r}"
             warnings.warn(
@@ -265,7 +284,9 @@ def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool 
                use_table: bool = True, act_dtype=None) -> RuntimeTable:
     """Load a table for a device, serving the registered kernels' config objects.
 
-    Defaults on a miss come from each kernel family's own heuristic (``kernels.<family>.default_config``); no search
+    A neighbour's entry stands in for an untuned shape only if the search space at that shape offers each of its values
+    and its constraints pass there (``config_problem(..., offered=True)``). Defaults on a miss come from each kernel
+    family's own heuristic (``kernels.<family>.default_config``); no search
     space is built. Every entry of the device's section is checked once, here: one that breaks the kernel's config
     schema or the search space's constraints on ``device`` (:func:`autotune.table.validate.entry_problem`), or that
     does not fit ``act_dtype`` (:func:`autotune.table.fitness.entry_problem`), is skipped with one warning naming its
@@ -306,4 +327,6 @@ def open_table(path: str | Path | None = None, device=None, *, missing_ok: bool 
                              bucket_dims, missing_ok=missing_ok, make_config=make_config,
                              entry_problem=lambda entry: (validate.entry_problem(entry, profile)
                                                           or fitness.entry_problem(entry, profile, act_dtype)),
-                             stale_fields=lambda entry: freshness.changed_fields(entry, fingerprints))
+                             stale_fields=lambda entry: freshness.changed_fields(entry, fingerprints),
+                             nearest_problem=lambda entry, shape: validate.config_problem(
+                                 entry.kernel, entry.variant, shape, entry.config, profile, offered=True))

@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from autotune.errors import UnknownKernelError
+from autotune.errors import ConfigError, UnknownKernelError
 from autotune.table.entry import TableEntry
+from autotune.table.keys import shape_key
 
 
 def _type_of(value: Any) -> str:
@@ -27,7 +28,7 @@ def _type_of(value: Any) -> str:
 
 
 def config_problem(kernel: str, variant: str, shape: Mapping[str, int], config: Mapping[str, Any],
-                   device=None) -> str | None:
+                   device=None, *, offered: bool = False) -> str | None:
     """The first reason why ``config`` cannot be launched for ``kernel``/``variant`` at ``shape``, or ``None``.
 
     Args:
@@ -37,6 +38,8 @@ def config_problem(kernel: str, variant: str, shape: Mapping[str, int], config: 
         config: Parameter name to JSON scalar, as stored in the table.
         device: A :class:`autotune.device.DeviceProfile` to check the search space's constraints on; ``None``
             checks the schema only (steps 1-2 of the module docstring).
+        offered: also require every active value to be one of the search space's choices at ``shape`` (for a config
+            tuned at another shape standing in here: e.g. ``path="gemv"`` is offered only for few rows per expert).
 
     Returns:
         One line (no trailing period) naming the offending key or value, or ``None`` when the config is valid.
@@ -68,6 +71,11 @@ def config_problem(kernel: str, variant: str, shape: Mapping[str, int], config: 
             want = " or ".join(sorted(k.__name__ for k in kinds))
             return f"invalid config: {param.name}={config[param.name]!r} is a {_type_of(config[param.name])}, " \
                    f"expected {want}"
+    if offered:
+        try:
+            space.validate({name: value for name, value in config.items() if name in space.default})
+        except ConfigError as exc:
+            return f"not offered at shape {shape_key(shape)}: {exc}"
     if device is None:
         return None
     try:

@@ -39,8 +39,8 @@ def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
     """The tunables at one shape. Tile choices stop where a tile would be mostly padding (BLOCK_M beyond twice the
     rows per expert, BLOCK_N/BLOCK_K beyond N/K), so the sampler spends no trials there (seen on the H100,
     2026-11-21: with all five BLOCK_M offered, over 90% of the decode trials were pruned for it). ``dequant`` comes
-    first and ``path`` after it (the gemv decodes with Triton ops: it exists for "upcast" only, so a config naming
-    another dequant is an MMA config); the MMA-only tunables (GROUP_M, schedule) are inactive on the gemv path; where
+    first and ``path`` after it (the gemv decodes in registers: it exists for "upcast" and "upcast_ptx", so a config
+    naming "dot_scaled" is an MMA config); the MMA-only tunables (GROUP_M, schedule) are inactive on the gemv path; where
     the gemv is offered it adds BLOCK_N = 16 and BLOCK_K = 512 (narrow, long programs) to the choices."""
     gemv = gemv_offered(shape)
     block_m = tuple(b for b in POW2_TILES if b <= block_m_limit(shape))
@@ -49,8 +49,8 @@ def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
                     if b <= max(32, next_pow2(shape["K"])) and (gemv or b <= 256))
     params = [
         Param("dequant", ("dot_scaled", "upcast", "upcast_ptx"),
-              doc="tl.dot_scaled, or decode then tl.dot (Triton ops, or inline PTX on sm_90+); the gemv: upcast"),
-        Param("path", ("mma", "gemv") if gemv else ("mma",), when=lambda c: c["dequant"] == "upcast",
+              doc="tl.dot_scaled, or decode in registers (Triton ops, or inline PTX on sm_90+)"),
+        Param("path", ("mma", "gemv") if gemv else ("mma",), when=lambda c: c["dequant"] != "dot_scaled",
               inactive="mma", doc="tensor-core tiles, or CUDA-core dot products for few rows per expert"),
         Param("BLOCK_M", block_m, doc="routed rows per tile (gemv: the most rows of one expert per program)"),
         Param("BLOCK_N", block_n, doc="output features per tile (mma >= 32: the fused SwiGLU halves it)"),

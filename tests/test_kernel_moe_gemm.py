@@ -493,6 +493,31 @@ def test_gemv_real_dims(case: Case):
     check_case(case)
 
 
+# The gemv's inline-PTX decode (sm_90+; no interpreter): the real widths above and odd, masked tiles with split-K,
+# any activation dtype (its products are float32), against the fp32 reference and bitwise against the Triton-op
+# decode (a power-of-two scale commutes with float32 rounding, so both decodes sum the same values).
+_GEMV_PTX = [dataclasses.replace(c, dtype=dtype, config={**c.config, "dequant": "upcast_ptx"})
+             for c in _GEMV_REAL for dtype in (torch.bfloat16, torch.float16)]
+_GEMV_PTX += [Case(variant, M=7, N=96, K=96, E=3, top_k=3, seed=660 + i, dtype=torch.bfloat16, config=dict(
+    path="gemv", BLOCK_M=block_m, BLOCK_N=16, BLOCK_K=64, GROUP_M=1, SPLIT_K=split, fuse_swiglu=variant == "mlp2"
+    or split == 1, dequant="upcast_ptx"))
+    for i, (variant, block_m, split) in enumerate([("mlp1", 16, 1), ("mlp1", 4, 2), ("mlp2", 16, 2), ("mlp2", 1, 1)])]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", _GEMV_PTX, ids=Case.id)
+def test_gpu_gemv_upcast_ptx(case: Case):
+    check_case(case, device="cuda")
+    inputs = make_inputs(case.variant, MoeShape(M=case.M, N=case.N, K=case.K, E=case.E, top_k=case.top_k),
+                         dtype=case.dtype, device="cuda", seed=case.seed)
+    ptx = launch(case.variant, inputs, MoeGemmConfig(**case.config))
+    ops = launch(case.variant, inputs, MoeGemmConfig(**{**case.config, "dequant": "upcast"}))
+    if case.config.get("SPLIT_K", 1) == 1:  # (split-K adds its slices with atomics, in no fixed order)
+        assert torch.equal(ptx, ops)
+    else:
+        assert row_rel_err(ptx, ops) <= 1e-2 * tolerance(case.variant, case.dtype).max_rel_err
+
+
 def _gemv_cases() -> list[Case]:
     """Odd shape (N=96, K=96 with half-masked tiles, E=3, top_k=3, M=7: 7 rows per expert) over the gemv's row
     blocks, split-K and both mlp1 epilogues; then many rows per expert (M=40, E=5, top_k=2: > 16 rows, several
@@ -570,7 +595,6 @@ def test_gemv_mlp1_writes_every_element(config):
     (dict(path="gemv", BLOCK_M=32, GROUP_M=1), "BLOCK_M <= 16"),
     (dict(path="gemv", BLOCK_M=16, BLOCK_N=8, GROUP_M=1), "BLOCK_N >= 16"),
     (dict(path="gemv", BLOCK_M=16, dequant="dot_scaled", GROUP_M=1), "upcast"),
-    (dict(path="gemv", BLOCK_M=16, dequant="upcast_ptx", GROUP_M=1), "upcast"),
     (dict(path="gemv", BLOCK_M=16, schedule="persistent", programs_per_sm=2, GROUP_M=1), "grid"),
     (dict(path="gemv", BLOCK_M=16, GROUP_M=8), "GROUP_M=1"),
     (dict(path="simt"), "path"),
@@ -580,6 +604,7 @@ def test_gemv_config_validation(params, match):
     with pytest.raises(ValueError, match=match):
         MoeGemmConfig(**params)
     MoeGemmConfig(path="gemv", BLOCK_M=1, BLOCK_N=16, GROUP_M=1)  # the smallest gemv tile is valid
+    MoeGemmConfig(path="gemv", BLOCK_M=16, GROUP_M=1, dequant="upcast_ptx")  # the gemv's inline-PTX decode
 
 
 def test_gemv_plans_its_kernel():

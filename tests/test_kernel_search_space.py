@@ -186,14 +186,15 @@ def test_gemv_suggestions_are_constructible(variant):
         trial = study.ask()
         config = space.suggest(trial)
         MoeGemmConfig(**config)
-        paths.add(config["path"])
-        if config["path"] == "gemv":  # the MMA-only tunables are inactive; the gemv decodes with Triton ops
+        paths.add((config["path"], config["dequant"]))
+        if config["path"] == "gemv":  # the MMA-only tunables are inactive; the gemv decodes in registers
             assert {"GROUP_M", "schedule", "programs_per_sm"}.isdisjoint(trial.params)
-            assert (config["GROUP_M"], config["schedule"], config["dequant"]) == (1, "grid", "upcast")
-        if config["dequant"] != "upcast":  # path only chosen with the upcast decode
+            assert (config["GROUP_M"], config["schedule"]) == (1, "grid")
+        if config["dequant"] == "dot_scaled":  # path only chosen with a register decode
             assert "path" not in trial.params and config["path"] == "mma"
         study.tell(trial, 1.0)
-    assert paths == {"mma", "gemv"}
+    assert paths == {("mma", "dot_scaled"), ("mma", "upcast"), ("mma", "upcast_ptx"), ("gemv", "upcast"),
+                     ("gemv", "upcast_ptx")}
 
 
 def test_gemv_register_and_split_k_limits():

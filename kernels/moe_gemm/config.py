@@ -122,8 +122,9 @@ class MoeGemmConfig:
             SwiGLU for SPLIT_K > 1, since the activation applies to the whole sum.
         fuse_swiglu: mlp1 only: SwiGLU in the GEMM epilogue instead of a second kernel over h.
         dequant: "dot_scaled" (``tl.dot_scaled`` with e2m1 operands), "upcast" (decode to the activation dtype in
-            registers, then ``tl.dot``) or "upcast_ptx" (the same with the inline-PTX decode; bf16, sm_90+). Path
-            "gemv" decodes with Triton ops to float32 and takes "upcast" only.
+            registers, then ``tl.dot``) or "upcast_ptx" (the same with the inline-PTX decode; sm_90+, bf16 activations
+            on the MMA path). Path "gemv" decodes to float32 with Triton ops ("upcast") or the inline PTX
+            ("upcast_ptx", any activation dtype), not "dot_scaled".
 
     The field defaults are the shape-independent part of the default config; the tile fields' defaults are generic
     and :func:`kernels.moe_gemm.heuristics.default_config` replaces them per shape and device (it is the default a
@@ -164,9 +165,9 @@ class MoeGemmConfig:
                 raise ValueError(f"path='gemv' takes BLOCK_M <= {GEMV_MAX_BLOCK_M} rows, got {self.BLOCK_M}")
             if self.BLOCK_N < 16:
                 raise ValueError(f"path='gemv' needs BLOCK_N >= 16, got {self.BLOCK_N}")
-            if self.dequant != "upcast":
-                raise ValueError(f"path='gemv' decodes with Triton ops (dequant='upcast'), got {self.dequant!r}: "
-                                 "tl.dot_scaled needs an MMA and the inline-PTX decode is not written for it")
+            if self.dequant == "dot_scaled":
+                raise ValueError("path='gemv' decodes in registers (dequant='upcast' or 'upcast_ptx'): "
+                                 "tl.dot_scaled needs an MMA")
             if self.schedule != "grid" or self.GROUP_M != 1:
                 raise ValueError("path='gemv' runs one program per tile (schedule='grid', GROUP_M=1)")
         if self.BLOCK_K < 32:

@@ -107,6 +107,24 @@ def e8m0_to_bf16(scales):
 
 
 @triton.jit
+def decode_e2m1_groups_ptx(codes, scales):
+    """Decode MXFP4 weights grouped by scale to bf16, even and odd K apart (the gemv's tile shape).
+
+    Args:
+        codes: ``[R, G, 16]`` uint8: the 16 bytes (32 e2m1 codes, low nibble first along K) of each of G scale
+            groups of each of R weight rows.
+        scales: ``[R, G]`` uint8 e8m0 (bias 127), one per group.
+
+    Returns:
+        ``(even, odd)``, each ``[R, G, 16]`` tl.bfloat16: ``even[r, g, j]`` is weight ``32g + 2j`` of row r (byte j's
+        low nibble), ``odd[r, g, j]`` weight ``32g + 2j + 1``; exact as :func:`decode_e2m1_tile_ptx`.
+    """
+    factor = e8m0_to_bf16(scales)  # [R, G], converted once per 32 weights
+    return tl.inline_asm_elementwise(_ASM, _CONSTRAINTS, [codes, factor[:, :, None]],
+                                     dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+
+
+@triton.jit
 def decode_e2m1_tile_ptx_split(packed, scales, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Decode a tile of MXFP4 weights to bf16, even and odd K apart.
 
@@ -120,10 +138,7 @@ def decode_e2m1_tile_ptx_split(packed, scales, BLOCK_N: tl.constexpr, BLOCK_K: t
         :func:`decode_e2m1_tile_ptx`).
     """
     tl.static_assert(BLOCK_K % 32 == 0, "BLOCK_K must be a multiple of the MXFP4 group size 32")
-    factor = e8m0_to_bf16(scales)  # [BN, BK // 32], converted once per 32 weights
-    codes = packed.reshape(BLOCK_N, BLOCK_K // 32, 16)
-    even, odd = tl.inline_asm_elementwise(_ASM, _CONSTRAINTS, [codes, factor[:, :, None]],
-                                          dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+    even, odd = decode_e2m1_groups_ptx(packed.reshape(BLOCK_N, BLOCK_K // 32, 16), scales)
     return even.reshape(BLOCK_N, BLOCK_K // 2), odd.reshape(BLOCK_N, BLOCK_K // 2)
 
 
@@ -145,8 +160,5 @@ def decode_e2m1_tile_ptx(packed, scales, BLOCK_N: tl.constexpr, BLOCK_K: tl.cons
     NaN) gives ±inf, and NaN for the zero codes. ``BLOCK_K`` must be a multiple of 32.
     """
     tl.static_assert(BLOCK_K % 32 == 0, "BLOCK_K must be a multiple of the MXFP4 group size 32")
-    factor = e8m0_to_bf16(scales)  # [BN, BK // 32], converted once per 32 weights
-    codes = packed.reshape(BLOCK_N, BLOCK_K // 32, 16)
-    even, odd = tl.inline_asm_elementwise(_ASM, _CONSTRAINTS, [codes, factor[:, :, None]],
-                                          dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+    even, odd = decode_e2m1_groups_ptx(packed.reshape(BLOCK_N, BLOCK_K // 32, 16), scales)
     return tl.join(even, odd).reshape(BLOCK_N, BLOCK_K)  # [BN, BK // 32, 16, 2] → K order

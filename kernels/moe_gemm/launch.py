@@ -33,7 +33,8 @@ def activation_dtype_problem(config: MoeGemmConfig, dtype: torch.dtype) -> str |
     """Why ``config`` cannot run on activations of ``dtype``, or None when it can.
 
     ``tl.dot_scaled`` takes bf16 or fp16 operands beside the e2m1 weights (Triton's ``dot_scaled`` formats); the
-    inline-PTX decode multiplies with ``mul.rn.bf16x2`` (bf16 only). The upcast path takes any float dtype.
+    inline-PTX decode of the MMA path feeds ``tl.dot`` its bf16 output (bf16 activations only). The upcast paths and
+    the gemv's float32 products take any float dtype.
 
     Args:
         config: the launch config.
@@ -44,7 +45,7 @@ def activation_dtype_problem(config: MoeGemmConfig, dtype: torch.dtype) -> str |
     """
     if config.dequant == "dot_scaled" and dtype not in _ACT_FORMATS:
         return f"dequant='dot_scaled' needs bf16 or fp16 activations, got {dtype}"
-    if config.dequant == "upcast_ptx" and dtype != torch.bfloat16:
+    if config.dequant == "upcast_ptx" and config.path == "mma" and dtype != torch.bfloat16:
         return f"dequant='upcast_ptx' needs bf16 activations (and a GPU of sm_90 or newer), got {dtype}"
     return None
 
@@ -158,7 +159,7 @@ def _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks
         "GATHER_A": gather_a, "SCATTER_OUT": scatter_out, "FUSE_SWIGLU": fuse_swiglu, "ATOMIC_OUT": atomic_out,
         "SWIGLU_ALPHA": SWIGLU_ALPHA, "SWIGLU_LIMIT": SWIGLU_LIMIT,
         "BLOCK_M": config.BLOCK_M, "BLOCK_N": config.BLOCK_N, "BLOCK_K": config.BLOCK_K, "SPLIT_K": config.SPLIT_K,
-        "num_warps": config.num_warps, "num_stages": config.num_stages,
+        "DEQUANT_PTX": config.dequant == "upcast_ptx", "num_warps": config.num_warps, "num_stages": config.num_stages,
     }
     return KernelLaunch(moe_mxfp4_gemv_kernel, (total_tiles,), args, kwargs)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.moe_gemm.e2m1_ptx import decode_e2m1_tile_ptx
+from kernels.moe_gemm.e2m1_ptx import decode_e2m1_groups_ptx, decode_e2m1_tile_ptx
 
 DOT_SCALED = tl.constexpr(0)
 UPCAST = tl.constexpr(1)
@@ -258,6 +258,7 @@ def moe_mxfp4_gemv_kernel(
     GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr, FUSE_SWIGLU: tl.constexpr, ATOMIC_OUT: tl.constexpr,
     SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    DEQUANT_PTX: tl.constexpr,
 ):
     """MoE grouped GEMV with MXFP4 weights for few rows per expert (decode): CUDA-core dot products, no MMA tile.
 
@@ -272,6 +273,12 @@ def moe_mxfp4_gemv_kernel(
     to that sum (one multiply per group instead of per weight); the rows of the block are taken one after another.
     float32 throughout, so the result matches the fp32 reference to the accumulation order, for any activation
     dtype (fp16/bf16/fp32).
+
+    ``DEQUANT_PTX`` (config ``dequant="upcast_ptx"``, sm_90+) decodes with the packed inline PTX of
+    :func:`kernels.moe_gemm.e2m1_ptx.decode_e2m1_groups_ptx` instead: 8 weights per 21 instructions into exact bf16
+    with the scale applied, then float32 products (the Triton-op decode spends ~5 integer ops and a cvt per weight
+    on byte-wide registers). A power-of-two scale commutes with float32 rounding, so both decodes give the same
+    sums (outside float32's subnormal and overflow ranges).
     """
     pid = tl.program_id(0)
     num_n_blocks = tl.cdiv(N, BLOCK_N)
@@ -320,12 +327,17 @@ def moe_mxfp4_gemv_kernel(
                 g_mask = (g0 + offs_g) < num_groups  # [G]
                 packed = tl.load(w_ptrs + g0 * 16, mask=n_mask[:, None, None] & g_mask[None, :, None], other=0)
                 scales = tl.load(s_ptrs + g0, mask=n_mask[:, None] & g_mask[None, :], other=127)  # [BN, G]
-                w_even = decode_e2m1_unscaled(packed & 0x0F)  # [BN, G, 16]: weights k = 32g + 2j
-                w_odd = decode_e2m1_unscaled(packed >> 4)  # [BN, G, 16]: weights k = 32g + 2j + 1
                 a = tl.load(a_base + g0 * 32 + a_offs, mask=g_mask[:, None, None], other=0.0).to(tl.float32)
                 a_even, a_odd = tl.split(a)  # [G, 16] each
-                group_sums = tl.sum(w_even * a_even[None, :, :] + w_odd * a_odd[None, :, :], axis=2)  # [BN, G]
-                part += group_sums * e8m0_factor(scales)
+                if DEQUANT_PTX:  # scaled bf16 weights, exact: the group's scale is already in them
+                    w_even, w_odd = decode_e2m1_groups_ptx(packed, scales)  # [BN, G, 16] each
+                    part += tl.sum(w_even.to(tl.float32) * a_even[None, :, :]
+                                   + w_odd.to(tl.float32) * a_odd[None, :, :], axis=2)
+                else:
+                    w_even = decode_e2m1_unscaled(packed & 0x0F)  # [BN, G, 16]: weights k = 32g + 2j
+                    w_odd = decode_e2m1_unscaled(packed >> 4)  # [BN, G, 16]: weights k = 32g + 2j + 1
+                    group_sums = tl.sum(w_even * a_even[None, :, :] + w_odd * a_odd[None, :, :], axis=2)  # [BN, G]
+                    part += group_sums * e8m0_factor(scales)
             dot = tl.sum(part, axis=1)  # [BN]
             acc = tl.where(m_ids[:, None] == m, acc + dot[None, :], acc)
         _epilogue(acc, rows, row_mask, offs_n, n_mask, pid_n, split, expert, bias_ptr, out_ptr, row_token_ptr,

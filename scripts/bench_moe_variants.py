@@ -1,5 +1,8 @@
 """Benchmark of the MoE GEMM kernel paths: the default config of each path ("mma", "gemv") per variant and M.
 
+On sm_90+ GPUs the gemv default is also timed with the inline-PTX decode (row "gemv+ptx", ``dequant="upcast_ptx"``),
+and the gemv sweep covers both decodes.
+
 For mlp1 and mlp2 at gpt-oss widths and each token count M it times the default config of every path
 (:func:`kernels.moe_gemm.heuristics.path_default`), after checking it against the fp32 reference, and prints the
 median µs, GB/s and its fraction of the copy bandwidth measured in the same run (:mod:`autotune.device.peaks`),
@@ -124,6 +127,14 @@ def _timing_sets(moe, bench, variant, shape):
                                   cache_bytes=cache)
 
 
+def _gemv_dequants(bench) -> tuple[str, ...]:
+    """The gemv's decodes on this device: the Triton ops, and the inline PTX on sm_90+ GPUs."""
+    from search_spaces.moe_gemm import dequant_supported
+
+    return tuple(d for d in ("upcast", "upcast_ptx")
+                 if dequant_supported({"dequant": d}, None, bench.profile) is None)
+
+
 def _sweep_gemv(moe, bench, variant, shape, sets, rep_ms) -> tuple[float, dict] | None:
     """Fastest of the GEMV_SWEEP grid at one shape (configs the search space would prune are skipped)."""
     from search_spaces import moe_gemm as space_mod
@@ -131,10 +142,10 @@ def _sweep_gemv(moe, bench, variant, shape, sets, rep_ms) -> tuple[float, dict] 
     space = space_mod.space(variant, shape.as_dict(), bench.profile)
     best = None
     splits = GEMV_SWEEP_SPLIT_K if variant == "mlp2" else (1,)
-    for values in itertools.product(*GEMV_SWEEP.values(), splits):
-        params = dict(zip((*GEMV_SWEEP, "SPLIT_K"), values))
+    for values in itertools.product(*GEMV_SWEEP.values(), splits, _gemv_dequants(bench)):
+        params = dict(zip((*GEMV_SWEEP, "SPLIT_K", "dequant"), values))
         config = {**moe.default_config(variant, shape.as_dict(), bench.profile), "path": "gemv", "GROUP_M": 1,
-                  "schedule": "grid", "programs_per_sm": 1, "dequant": "upcast", "BLOCK_M": 16, **params}
+                  "schedule": "grid", "programs_per_sm": 1, "BLOCK_M": 16, **params}
         if space.check(config, shape.as_dict(), bench.profile) is not None:
             continue
         cfg = moe.config_from_dict(config)
@@ -169,12 +180,13 @@ def run(args) -> list[str]:
             sets = _timing_sets(moe, bench, variant, shape)
             cost = moe.cost(variant, sets)
             rpe = moe.heuristics.rows_per_expert(shape.as_dict())
-            for path in moe.config.PATHS:
-                if path == "gemv" and not gemv_offered(shape.as_dict()):
-                    lines.append(f"| {variant} | {m} | {rpe:.1f} | gemv | {picks} | n/a (> 8 rows per expert) "
+            for path in (*moe.config.PATHS, *(["gemv+ptx"] if "upcast_ptx" in _gemv_dequants(bench) else [])):
+                if path.startswith("gemv") and not gemv_offered(shape.as_dict()):
+                    lines.append(f"| {variant} | {m} | {rpe:.1f} | {path} | {picks} | n/a (> 8 rows per expert) "
                                  "| | | | | | |")
                     continue
-                config = moe.config_from_dict(path_default(variant, shape.as_dict(), bench.profile, path))
+                params = path_default(variant, shape.as_dict(), bench.profile, path.removesuffix("+ptx"))
+                config = moe.config_from_dict({**params, **({"dequant": "upcast_ptx"} if "+ptx" in path else {})})
                 err = bench.check(moe, variant, shape, config, seed=11)
                 us = bench.time_us(moe, variant, sets, config, args.rep_ms)
                 gbps, tflops = cost.bytes / us / 1e3, cost.flops / us / 1e6

@@ -27,6 +27,7 @@ truth within 10% of the trials the sweep took.
 
     python scripts/bench_search.py --out scripts/results/search-h200            # sweep (GPU) + replay
     python scripts/bench_search.py --sweep-only --out DIR                        # only measure (GPU)
+    python scripts/bench_search.py --sweep-only --resume --out DIR               # measure the shapes DIR lacks
     python scripts/bench_search.py --replay-only DIR/sweep.json --out DIR        # only replay (any machine)
     python scripts/bench_search.py --cpu-smoke --out /tmp/bs                     # tiny shapes, interpreter
 
@@ -141,11 +142,12 @@ def _measure(job, compilers, evaluators, timeout_s: float):
 
 
 def sweep(cases, *, interpreter: bool, rep_ms: float, compile_workers: int, trial_timeout_s: float,
-          log=print, on_case=None) -> dict[str, Any]:
+          log=print, on_case=None, cached: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure every config of every case's reduced space; returns the cache document.
 
     ``on_case(doc)`` is called after each finished case (the caller saves it: a sweep cut by a time limit keeps the
-    shapes it finished)."""
+    shapes it finished). ``cached``: an earlier cache document of the same device, dtype and ``rep_ms``; its cases
+    are kept and not measured again (a sweep resumed after a time limit)."""
     import queue
 
     from autotune import defaults
@@ -158,6 +160,18 @@ def sweep(cases, *, interpreter: bool, rep_ms: float, compile_workers: int, tria
     with WorkerPool([0], interpreter=interpreter, compile_workers=compile_workers) as pool:
         device = pool.start()
         doc["device"] = device.as_dict()
+        if cached is not None:
+            same = (cached.get("device", {}).get("key"), cached.get("dtype"), cached.get("rep_ms")) == \
+                (doc["device"].get("key"), dtype, rep_ms)
+            if not same:
+                raise SystemExit(f"autotune: error: the cached sweep is of another device, dtype or rep_ms "
+                                 f"({cached.get('device', {}).get('key')}, {cached.get('dtype')}, "
+                                 f"{cached.get('rep_ms')}); remove it or choose another --out")
+            doc["cases"] = [c for c in cached.get("cases", []) if c["label"] in {case.label for case in cases}]
+            for case_doc in doc["cases"]:
+                log(f"{case_doc['label']}: kept from the cached sweep")
+        done = {case_doc["label"] for case_doc in doc["cases"]}
+        sweep_start, earlier_s = time.monotonic(), (cached or {}).get("sweep_wall_s", 0.0)
         evaluators = queue.Queue()
         for worker in pool.workers:
             evaluators.put(worker)
@@ -167,7 +181,7 @@ def sweep(cases, *, interpreter: bool, rep_ms: float, compile_workers: int, tria
             for compiler in pool.compilers:
                 compilers.put(compiler)
         in_flight = len(pool.workers) + len(pool.compilers)
-        for case in cases:
+        for case in (c for c in cases if c.label not in done):
             spec = registry.get(case.kernel)
             shape = case_shape(case)
             space = reduced_space(spec.space(case.variant, shape, device), case.choices)
@@ -199,6 +213,7 @@ def sweep(cases, *, interpreter: bool, rep_ms: float, compile_workers: int, tria
                 "label": case.label, "kernel": case.kernel, "variant": case.variant, "shape": shape,
                 "choices": {p.name: list(p.choices) for p in space.params}, "default": space.default,
                 "fingerprint": fingerprint, "configs": list(records.values())})
+            doc["sweep_wall_s"] = earlier_s + time.monotonic() - sweep_start  # (earlier runs of a resumed sweep too)
             if on_case is not None:
                 on_case(doc)
     return doc
@@ -421,6 +436,8 @@ def main(argv=None) -> int:
     mode.add_argument("--sweep-only", action="store_true", help="measure the sweep, do not replay")
     mode.add_argument("--replay-only", metavar="CACHE", help="replay on this sweep.json (no GPU needed)")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes under the Triton interpreter")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the shapes already in --out/sweep.json (same device, dtype, rep-ms); measure the rest")
     parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="replays per sampler and shape (default: %(default)s)")
     parser.add_argument("--max-trials", type=int, help="measured trials per replay (default: 30%% of the sweep, "
@@ -459,12 +476,19 @@ def main(argv=None) -> int:
             os.environ["TRITON_INTERPRET"] = "1"
         workers = args.compile_workers if args.compile_workers is not None else defaults.compile_workers()
         start = time.monotonic()
-        doc = sweep(CPU_CASES if args.cpu_smoke else GPU_CASES, interpreter=interpreter,
+        cached = None
+        if args.resume and (out / "sweep.json").exists():
+            try:
+                cached = json.loads((out / "sweep.json").read_text())
+            except (OSError, ValueError) as exc:
+                return fail(f"cannot read {out / 'sweep.json'} to resume: {exc}")
+        doc = sweep(CPU_CASES if args.cpu_smoke else GPU_CASES, interpreter=interpreter, cached=cached,
                     rep_ms=args.rep_ms or (1.0 if interpreter else 20.0), compile_workers=workers,
                     trial_timeout_s=args.trial_timeout,
                     on_case=lambda partial: atomic.write_text(out / "sweep.json", json.dumps(partial, indent=1) + "\n"))
-        doc["sweep_wall_s"] = time.monotonic() - start
-        print(f"sweep: {doc['sweep_wall_s']:.0f} s for {len(doc['cases'])} shapes")
+        doc.setdefault("sweep_wall_s", (cached or {}).get("sweep_wall_s", 0.0))
+        print(f"sweep: {time.monotonic() - start:.0f} s now, {doc['sweep_wall_s']:.0f} s in all for "
+              f"{len(doc['cases'])} shapes")
         atomic.write_text(out / "sweep.json", json.dumps(doc, indent=1) + "\n")
         if args.sweep_only:
             return 0

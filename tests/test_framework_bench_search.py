@@ -115,6 +115,20 @@ def test_cpu_smoke_end_to_end(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     replay = json.loads((tmp_path / "again" / "replay.json").read_text())
     assert set(replay["cases"][0]["samplers"]) == {"qmc", "cmaes", "gp"}
+    # a sweep cut after two shapes resumes: those two are kept as they were, the other two measured
+    cut = {**sweep, "cases": sweep["cases"][:2]}
+    (out / "sweep.json").write_text(json.dumps(cut))
+    resumed = _script("--cpu-smoke", "--sweep-only", "--resume", "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("kept from the cached sweep") == 2, resumed.stdout
+    whole = json.loads((out / "sweep.json").read_text())
+    assert [c["label"] for c in whole["cases"]] == [c["label"] for c in sweep["cases"]]
+    assert whole["cases"][:2] == sweep["cases"][:2] and whole["sweep_wall_s"] > sweep["sweep_wall_s"]
+    other = {**sweep, "rep_ms": 99.0}
+    (out / "sweep.json").write_text(json.dumps(other))
+    refused = _script("--cpu-smoke", "--sweep-only", "--resume", "--out", str(out))
+    assert refused.returncode != 0 and "cached sweep is of another device, dtype or rep_ms" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_bad_arguments(tmp_path):

@@ -172,6 +172,7 @@ def run(args) -> list[str]:
              ("| variant | M | rows/expert | path | default picks | us | GB/s | GB/s / copy | TFLOP/s | "
               "TFLOP/s / bf16 mm | max err | config |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)  # (the header first: a run cut by a time limit still says where it ran)
     sweeps = []
     for variant in moe.VARIANTS:
         for m in m_values:

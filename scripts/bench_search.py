@@ -51,7 +51,9 @@ from typing import Any
 
 import optuna
 
-from autotune import atomic, registry
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from autotune import atomic, registry  # noqa: E402
 from autotune.tuning import warm_start
 from autotune.tuning.presets import trials_to_reach
 from autotune.tuning.space import Param, SearchSpace, config_hash, enumerate_configs

@@ -277,8 +277,10 @@ def moe_mxfp4_gemv_kernel(
     ``DEQUANT_PTX`` (config ``dequant="upcast_ptx"``, sm_90+) decodes with the packed inline PTX of
     :func:`kernels.moe_gemm.e2m1_ptx.decode_e2m1_groups_ptx` instead: 8 weights per 21 instructions into exact bf16
     with the scale applied, then float32 products (the Triton-op decode spends ~5 integer ops and a cvt per weight
-    on byte-wide registers). A power-of-two scale commutes with float32 rounding, so both decodes give the same
-    sums (outside float32's subnormal and overflow ranges).
+    on byte-wide registers). Both decodes multiply the same exact weight values (a power-of-two scale commutes with
+    float32 rounding); the sums can differ in the last bits, as their register layouts order the reduction apart.
+    Measured on the H200 (2026-12-02, scripts/results/2026-12-02-h200-moe-variants-run3-gemv-ptx.md): 10-14% faster
+    for mlp1 at M = 1..8, 31% slower for mlp2 at M = 1 (SPLIT_K = 2) at the gemv default tiles; left to the tuner.
     """
     pid = tl.program_id(0)
     num_n_blocks = tl.cdiv(N, BLOCK_N)

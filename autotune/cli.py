@@ -59,7 +59,7 @@ def cmd_run(*, kernel: str, preset: str | None, shapes: str | None, variants: st
             timeout: float | None, storage: str, sampler: str, seed: int, enqueue: Sequence[str], table: str,
             no_export: bool, gpus: str | None, trial_timeout: float, finalists: int, dtype: str | None,
             compile_workers: int | None, ray: str | None = None, ray_actors: int | None = None,
-            no_warm_start: bool = False) -> int:
+            no_warm_start: bool = False, no_moves: bool = False) -> int:
     """Tune a kernel over a preset's shapes; export the winners (over a Ray cluster with ``ray``)."""
     from autotune.tuning import presets
     from autotune import registry
@@ -108,7 +108,7 @@ def cmd_run(*, kernel: str, preset: str | None, shapes: str | None, variants: st
         n_trials=n_trials, timeout_s=timeout if timeout is not None else kernel_preset.timeout_s,
         trial_timeout_s=trial_timeout, dtype=dtype or (defaults.CPU_DTYPE if interpreter else defaults.GPU_DTYPE),
         rep_ms=defaults.REP_MS, finalists=finalists, final_rep_ms=defaults.FINAL_REP_MS,
-        final_rounds=defaults.FINAL_ROUNDS, seed=seed)
+        final_rounds=defaults.FINAL_ROUNDS, seed=seed, incumbent_moves=not no_moves)
     request = RunRequest(kernel=kernel, kernel_preset=kernel_preset, variants=chosen_variants, storage_url=storage,
                          sampler=sampler, enqueue=_parse_enqueue(enqueue), table=None if no_export else Path(table),
                          gpus=_parse_gpus(gpus, gpu_count) if not interpreter and ray is None else (),
@@ -233,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                           f"most {defaults.MAX_COMPILE_WORKERS}; none without a GPU)")
     run.add_argument("--no-warm-start", action="store_true",
                      help="do not queue the winners of neighbouring shapes and old winners before the sampler")
+    run.add_argument("--no-moves", action="store_true",
+                     help="do not queue one-parameter moves of the best config so far (up to half the trials) "
+                          "before the sampler's own proposals")
     run.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
                      help=f"activation dtype (default: {defaults.GPU_DTYPE} on GPUs, {defaults.CPU_DTYPE} on CPU)")
 

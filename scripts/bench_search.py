@@ -14,12 +14,13 @@ is always inside it):
 * ``attention`` prefill, 2048 tokens, full causal (64 query heads, 8 KV heads, head dim 64): every BLOCK_M and
   BLOCK_N the shape offers, num_warps {4, 8}, num_stages {1, 2, 3}; the KV storage dtype at the default's.
 
-Sized for <= 5 minutes of one H200 for all four sweeps at ``--rep-ms 20`` (~550 configs at ~0.4 s of GPU each,
-compiles overlapped by the compile-ahead workers; an estimate: the lead's GPU run records the real time). Then, **without any GPU**, each sampler (``tpe``, ``random``, ``qmc``, ``cmaes``, ``gp`` as
-:func:`autotune.tuning.storage.make_sampler` builds them, and ``tpe+warm``: TPE after the cross-shape warm start of
-:mod:`autotune.tuning.warm_start`, here the sweep winners of the other shapes of the same kernel and variant,
-projected into this shape's space) replays studies over several seeds on the cached sweep: the objective looks the
-config up. As in ``autotune run``, the default config is trial 0, a pruned or failed config costs no trial (but its
+The H200 sweep of all four shapes took 135 s of GPU at ``--rep-ms 20`` (2026-12-02, 6 compile-ahead workers). Then,
+**without any GPU**, each sampler (``tpe``, ``random``, ``qmc``, ``cmaes``, ``gp`` as
+:func:`autotune.tuning.storage.make_sampler` builds them) and the tuner's additions on top of one (``+warm``: the
+cross-shape warm start of :mod:`autotune.tuning.warm_start`, here the sweep winners of the other shapes of the same
+kernel and variant, projected into this shape's space; ``+moves``: the incumbent moves of
+:mod:`autotune.tuning.local_moves`, at most half of ``--budget``; ``tpe+moves`` is what ``autotune run`` does by
+default) replays studies over several seeds on the cached sweep: the objective looks the config up. As in ``autotune run``, the default config is trial 0, a pruned or failed config costs no trial (but its
 measured seconds), and a repeated config costs nothing. Reported: best-so-far ÷ ground truth (ground-truth µs ÷
 best-so-far µs, 1.0 = found the best) against measured trials and against wall seconds (the sum of the cached
 per-config seconds, compile + check + time, of the configs a replay visited). Goal (issue 8): >= 0.98 of the ground
@@ -54,11 +55,12 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from autotune import atomic, registry  # noqa: E402
-from autotune.tuning import warm_start
+from autotune.tuning import local_moves, warm_start
+from autotune.tuning import study as study_mod
 from autotune.tuning.presets import trials_to_reach
 from autotune.tuning.space import Param, SearchSpace, config_hash, enumerate_configs
 
-SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp", "tpe+warm")
+SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp", "tpe+warm", "tpe+moves", "tpe+warm+moves", "qmc+moves")
 TARGET = 0.98
 GOAL_TRIAL_FRACTION = 0.10
 
@@ -233,7 +235,13 @@ def _replay_space(case_doc: dict[str, Any]) -> SearchSpace:
     by_name = {p.name: p for p in live.params}
     params = tuple(Param(name, tuple(choices), when=by_name[name].when, inactive=by_name[name].inactive)
                    for name, choices in case_doc["choices"].items())
-    return SearchSpace(params=params, constraints=(), default=dict(case_doc["default"]))
+    pruned = {config_hash(r["config"]): r.get("reason") or "pruned" for r in case_doc["configs"]
+              if r["kind"] == "pruned"}
+
+    def cached_constraints(config, shape, device):  # the sweep's verdict: what it pruned, the replay prunes
+        return pruned.get(config_hash(config))
+
+    return SearchSpace(params=params, constraints=(cached_constraints,), default=dict(case_doc["default"]))
 
 
 def _neighbour_start(doc: dict[str, Any], case_doc: dict[str, Any], space: SearchSpace) -> list[dict[str, Any]]:
@@ -261,19 +269,27 @@ def _ground_truth(case_doc: dict[str, Any]) -> dict[str, Any] | None:
     return min(ok, key=lambda r: r["median_us"]) if ok else None
 
 
-def replay_one(doc, case_doc, sampler_name: str, seed: int, max_trials: int) -> dict[str, list[float]]:
+def replay_one(doc, case_doc, sampler_name: str, seed: int, max_trials: int,
+               budget: int | None = None) -> dict[str, list[float]]:
     """One study on the cached sweep. Returns ``trials`` (best-so-far fraction after each measured trial) and
-    ``wall`` (cumulated cached seconds at each measured trial)."""
+    ``wall`` (cumulated cached seconds at each measured trial). ``budget``: the study budget whose share the
+    incumbent moves may take, as in the tuner (:func:`autotune.tuning.local_moves.move_budget`; default
+    ``max_trials``)."""
     from autotune.tuning.storage import make_sampler
 
     space = _replay_space(case_doc)
     lookup = {config_hash(r["config"]): r for r in case_doc["configs"]}
     truth = _ground_truth(case_doc)["median_us"]
-    base = "tpe" if sampler_name == "tpe+warm" else sampler_name
+    base, *extras = sampler_name.split("+")
     study = optuna.create_study(direction="minimize", sampler=make_sampler(base, seed, max_trials))
-    starts = [space.default] + (_neighbour_start(doc, case_doc, space) if sampler_name == "tpe+warm" else [])
+    starts = [space.default] + (_neighbour_start(doc, case_doc, space) if "warm" in extras else [])
     for config in {config_hash(c): c for c in starts}.values():
-        study.enqueue_trial(space.optuna_params(config))
+        study_mod.enqueue(study, space, config, source="start")
+    climber = None
+    if "moves" in extras:  # the tuner's incumbent moves (autotune.tuning.local_moves), the same limit per budget
+        climber = local_moves.IncumbentMoves(
+            space, case_doc["shape"], None, local_moves.move_budget(budget or max_trials), study_mod.config_of,
+            lambda s, config, label: study_mod.enqueue(s, space, config, source="move", enqueued_from=label))
     seen: set[str] = set()
     fractions: list[float] = []
     walls: list[float] = []
@@ -282,8 +298,11 @@ def replay_one(doc, case_doc, sampler_name: str, seed: int, max_trials: int) -> 
     for _ in range(20 * max_trials):
         if len(fractions) >= max_trials or len(fractions) >= measurable:
             break
+        if climber is not None:
+            climber.before_ask(study)
         trial = study.ask()
         config = space.suggest(trial)
+        study_mod.claim(trial, config)
         record = lookup[config_hash(config)]
         first = config_hash(config) not in seen
         seen.add(config_hash(config))
@@ -303,10 +322,12 @@ def replay_one(doc, case_doc, sampler_name: str, seed: int, max_trials: int) -> 
     return {"trials": fractions, "wall": walls}
 
 
-def replay(doc, samplers, seeds: int, max_trials: int | None, log=print) -> dict[str, Any]:
-    """Every sampler × case × seed; returns the replay document (curves and the summary per sampler and case)."""
+def replay(doc, samplers, seeds: int, max_trials: int | None, log=print, budget: int | None = None) -> dict[str, Any]:
+    """Every sampler × case × seed; returns the replay document (curves and the summary per sampler and case).
+    ``budget``: the per-study budget of the moves' share (default: the goal's trial count, 10% of the sweep)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out: dict[str, Any] = {"target": TARGET, "goal_trial_fraction": GOAL_TRIAL_FRACTION, "seeds": seeds,
+                           "moves_budget": budget or "goal",
                            "device": doc.get("device", {}), "cases": []}
     for case_doc in doc["cases"]:
         if _ground_truth(case_doc) is None:
@@ -321,7 +342,8 @@ def replay(doc, samplers, seeds: int, max_trials: int | None, log=print) -> dict
                  "default_us": _default_us(case_doc), "samplers": {}}
         for name in samplers:
             start = time.monotonic()
-            runs = [replay_one(doc, case_doc, name, seed, limit) for seed in range(seeds)]
+            goal = max(1, math.floor(GOAL_TRIAL_FRACTION * sweep_trials))
+            runs = [replay_one(doc, case_doc, name, seed, limit, budget or goal) for seed in range(seeds)]
             entry["samplers"][name] = {"runs": runs, **_summary(runs, sweep_trials)}
             log(f"{case_doc['label']} {name}: {entry['samplers'][name]['trials_to_target']} trials to {TARGET} "
                 f"({time.monotonic() - start:.1f} s)")
@@ -444,6 +466,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="replays per sampler and shape (default: %(default)s)")
     parser.add_argument("--max-trials", type=int, help="measured trials per replay (default: 30%% of the sweep, "
                         ">= 20)")
+    parser.add_argument("--budget", type=int, help="per-study budget of the '+moves' replays: the incumbent moves "
+                        "take at most half of it, as in the tuner (default: the goal's 10%% of the sweep's trials)")
     parser.add_argument("--rep-ms", type=float, help="timed ms per config (default: 20 on a GPU, 1 on the CPU)")
     parser.add_argument("--compile-workers", type=int, help="compile-ahead processes (default: the tuner's)")
     parser.add_argument("--trial-timeout", type=float, default=60.0, help="seconds per config (default: 60)")
@@ -494,7 +518,9 @@ def main(argv=None) -> int:
         atomic.write_text(out / "sweep.json", json.dumps(doc, indent=1) + "\n")
         if args.sweep_only:
             return 0
-    result = replay(doc, samplers, args.seeds, args.max_trials)
+    if args.budget is not None and args.budget < 1:
+        return fail("--budget must be at least 1")
+    result = replay(doc, samplers, args.seeds, args.max_trials, budget=args.budget)
     atomic.write_text(out / "replay.json", json.dumps(result, indent=1) + "\n")
     atomic.write_text(out / "report.md", report_markdown(result))
     plotted = plot(result, out / "curves.png")

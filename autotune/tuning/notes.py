@@ -20,6 +20,8 @@ SOURCES = {
     "old_winner": "the winner of the stale table entry (re-tune warm start)",
     "neighbour": "a neighbouring shape's winner (re-tune warm start)",
     "requeued": "a config re-queued after an interrupted run",
+    "warm_start": "a warm-start config",
+    "move": "a one-parameter move of the best config so far",
     "sampler": "the sampler",
 }
 """A trial's ``source`` user attribute → how the note names it."""
@@ -34,6 +36,8 @@ def best_origin(study, trial_number: int) -> str:
     origin = SOURCES.get(source, source)
     if source == "neighbour" and trial.user_attrs.get("neighbour_key"):
         origin += f" ({trial.user_attrs['neighbour_key']})"
+    elif source in ("warm_start", "move") and trial.user_attrs.get("enqueued_from"):
+        origin += f" ({trial.user_attrs['enqueued_from']})"
     return origin
 
 

@@ -167,9 +167,11 @@ def expand(kernel_preset: KernelPreset, spec) -> list[tuple[str, dict[str, int]]
     return studies
 
 
-PRESET_TARGET = 0.95
-"""A preset's budget must reach this fraction of the ground truth on every benchmarked shape and seed (issue 8:
->= 0.95 of what a 300-trial study finds, with the whole gpt-oss-20b preset in <= 30 minutes on one H200)."""
+PRESET_TARGET = 0.98
+"""A preset's budget must reach this fraction of the ground truth on every benchmarked shape and seed. Issue 8 asks
+>= 0.95 of what a 300-trial study finds; on the H200 record (2026-12-02) every default config was already within
+0.95 of its reduced space's exhaustive best, so 0.95 chose a budget of 1 trial; the benchmark's own goal, 0.98, is
+the figure that tells samplers and budgets apart."""
 
 
 def trials_to_reach(fractions: Sequence[float], target: float) -> int | None:

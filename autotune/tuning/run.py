@@ -191,7 +191,7 @@ def _enqueue_start(study, storage, key, space, device, user_configs, fingerprint
         if study_mod.enqueue(study, space, start.config, source=start.source, again=start.retime, **start.attrs):
             queued.append(start.attrs.get("enqueued_from", start.source))
     if request.warm_start:
-        for item in warm_start.old_winners(study, storage, key, space, fingerprint):
+        for item in warm_start.old_winners(study, storage, key, space, fingerprint, table_path=request.table):
             if study_mod.enqueue(study, space, item.config, source="warm_start", enqueued_from=item.origin,
                                  again=item.origin == "old_winner"):
                 queued.append(item.origin)

@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 from autotune.errors import ClusterError
+from autotune.tuning import local_moves
 from autotune.tuning import study as study_mod
 from autotune.tuning.budget import Budget, StopReason, StudyCounts, completed_count
 from autotune.tuning.outcomes import Kind
@@ -54,6 +55,8 @@ class TuneSettings:
         final_rep_ms: timed milliseconds per finalist per round.
         final_rounds: interleaved re-timing rounds.
         seed: sampler seed (combined with the study name).
+        incumbent_moves: queue one-parameter moves of the best config so far before the sampler's proposals, for
+            up to half the budget (:mod:`autotune.tuning.local_moves`).
     """
 
     n_trials: int
@@ -65,6 +68,7 @@ class TuneSettings:
     final_rep_ms: float
     final_rounds: int
     seed: int
+    incumbent_moves: bool = True
 
 
 @dataclass
@@ -193,6 +197,10 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
     # study's deadline (every trial in flight then still runs) and feeds the sampler staler information.
     max_in_flight = len(workers) + min(len(compilers), COMPILE_AHEAD * len(workers))
     stale_after = timedelta(seconds=3 * settings.trial_timeout_s + 60)
+    climber = local_moves.IncumbentMoves(
+        space, shape, device, local_moves.move_budget(settings.n_trials) if settings.incumbent_moves else 0,
+        study_mod.config_of,
+        lambda s, config, label: study_mod.enqueue(s, space, config, source="move", enqueued_from=label))
 
     with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="trial") as executor, \
             _interrupt_on_stop([*workers, *compilers]):
@@ -206,6 +214,7 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
                     if reason is not None:
                         break
                     budget.asks += 1
+                    climber.before_ask(study)
                     trial = study.ask()
                     config = space.suggest(trial)
                     study_mod.claim(trial, config)

@@ -14,7 +14,9 @@ Before the sampler proposes anything, a study queues (after its default config):
 A neighbour's config may hold a value this shape's space does not offer (BLOCK_M = 128 where the rows per expert
 allow at most 16): :func:`project` moves such a value to the nearest offered one (log2 distance for numbers, else
 the default's value), and the label says which parameters were moved. Each queued trial carries the user attribute
-``enqueued_from`` ("default", "user", "neighbour:M=16", "table:M=16", "old_winner", "old_space:s1a2b3c").
+``enqueued_from`` ("default", "user", "neighbour:M=16", "table:M=16", "table:same shape", "old_winner",
+"old_space:s1a2b3c"); the tuner then adds one-parameter moves of the best so far (:mod:`autotune.tuning.local_moves`,
+``"move:num_warps=8 of trial 3"``).
 """
 
 from __future__ import annotations
@@ -158,14 +160,28 @@ def _storage_winners(storage, key):
             yield other, entry
 
 
-def old_winners(study, storage, key, space: SearchSpace, fingerprint: Mapping[str, Any]) -> list[WarmConfig]:
+def old_winners(study, storage, key, space: SearchSpace, fingerprint: Mapping[str, Any], *,
+                table_path: Path | None = None) -> list[WarmConfig]:
     """Configs to measure again because the earlier winners were measured under something else.
 
     * this study's finalists, when they were measured under another fingerprint (``old_winner``);
     * the winner of a study of the same kernel, variant, shape and device over another version of the search space
-      (``old_space:s<id>``), projected into this space.
+      (``old_space:s<id>``), projected into this space;
+    * the lookup table's entry for the same kernel, variant, shape and device (``table:same shape``), projected: a
+      table tuned elsewhere or under an older fingerprint, tuned again with a new storage (a fresh machine keeps the
+      table of the repository but not the storage).
     """
     out: list[WarmConfig] = []
+    if table_path is not None and Path(table_path).is_file():
+        from autotune.table import ConfigTable
+
+        table = ConfigTable.load(table_path)
+        for entry in table.entries(key.device_key) if key.device_key in table.device_keys() else []:
+            if (entry.kernel, entry.variant) == (key.kernel, key.variant) and entry.shape == key.shape_dict:
+                projected = project(entry.config, space)
+                if projected is not None:
+                    out.append(WarmConfig(projected[0], _label("table", entry.shape, key.shape_dict,
+                                                               projected[1])))
     attrs = study.user_attrs
     if attrs.get("finalists") and attrs.get("finalists_fingerprint") not in (None, dict(fingerprint)):
         for finalist in attrs["finalists"]:

@@ -287,9 +287,8 @@ def replay_one(doc, case_doc, sampler_name: str, seed: int, max_trials: int,
         study_mod.enqueue(study, space, config, source="start")
     climber = None
     if "moves" in extras:  # the tuner's incumbent moves (autotune.tuning.local_moves), the same limit per budget
-        climber = local_moves.IncumbentMoves(
-            space, case_doc["shape"], None, local_moves.move_budget(budget or max_trials), study_mod.config_of,
-            lambda s, config, label: study_mod.enqueue(s, space, config, source="move", enqueued_from=label))
+        climber = local_moves.IncumbentMoves(space, case_doc["shape"], None,
+                                             local_moves.move_budget(budget or max_trials))
     seen: set[str] = set()
     fractions: list[float] = []
     walls: list[float] = []

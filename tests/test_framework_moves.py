@@ -50,9 +50,7 @@ def _bowl(config) -> float:
 def _climb(space, limit: int, trials: int):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study_mod.enqueue(study, space, space.default, source="default")
-    climber = local_moves.IncumbentMoves(
-        space, {}, None, limit, study_mod.config_of,
-        lambda s, config, label: study_mod.enqueue(s, space, config, source="move", enqueued_from=label))
+    climber = local_moves.IncumbentMoves(space, {}, None, limit)
     labels = []
     for _ in range(trials):
         label = climber.before_ask(study)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from autotune.errors import ConfigError
+from autotune.tuning import study as study_mod
 from autotune.tuning.space import Config, SearchSpace, config_hash
 
 MOVES_FRACTION = 0.5
@@ -83,13 +84,14 @@ class IncumbentMoves:
         device: the :class:`autotune.device.DeviceProfile` its constraints read.
         limit: most moves to queue in this study (see :func:`move_budget`); moves queued by earlier runs on the same
             storage count too (their trials carry ``enqueued_from="move:..."``).
-        config_of: the full config of a COMPLETE trial (the tuner reads its ``config`` user attribute).
-        enqueue: ``enqueue(study, config, label)`` queues a config (the tuner's :func:`autotune.tuning.study.enqueue`).
+
+    Trials are read and queued as the tuner keeps them: the config from the ``config``/``config_hash`` user attributes
+    that :func:`autotune.tuning.study.claim` sets, a move queued by :func:`autotune.tuning.study.enqueue` with
+    ``source="move"``.
     """
 
-    def __init__(self, space: SearchSpace, shape: Mapping[str, int], device, limit: int, config_of, enqueue) -> None:
+    def __init__(self, space: SearchSpace, shape: Mapping[str, int], device, limit: int) -> None:
         self.space, self.shape, self.device, self.limit = space, shape, device, limit
-        self._config_of, self._enqueue = config_of, enqueue
         self._centre: tuple[int, Config] | None = None  # (trial number, config)
         self._done = False
 
@@ -110,18 +112,18 @@ class IncumbentMoves:
         for _ in range(2):
             if self._centre is None:
                 best = min(complete, key=lambda t: t.value)
-                self._centre = (best.number, self._config_of(best))
+                self._centre = (best.number, study_mod.config_of(best))
             number, centre = self._centre
             move = next_move(self.space, centre, asked, self.shape, self.device)
             if move is not None:
                 name, value, config = move
                 label = f"move:{name}={value} of trial {number}"
-                self._enqueue(study, config, label)
+                study_mod.enqueue(study, self.space, config, source="move", enqueued_from=label)
                 return label
             if any(t.state == TrialState.RUNNING for t in trials):
                 return None  # the centre's last moves are still being measured: re-centre when they are in
             best = min(complete, key=lambda t: t.value)
-            if config_hash(self._config_of(best)) == config_hash(centre):
+            if best.user_attrs["config_hash"] == config_hash(centre):
                 self._done = True  # a local optimum: every move of the centre was measured and none was better
                 return None
             self._centre = None

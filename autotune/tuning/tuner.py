@@ -198,9 +198,7 @@ def run_trials(study, key, space: SearchSpace, device, workers, settings: TuneSe
     max_in_flight = len(workers) + min(len(compilers), COMPILE_AHEAD * len(workers))
     stale_after = timedelta(seconds=3 * settings.trial_timeout_s + 60)
     climber = local_moves.IncumbentMoves(
-        space, shape, device, local_moves.move_budget(settings.n_trials) if settings.incumbent_moves else 0,
-        study_mod.config_of,
-        lambda s, config, label: study_mod.enqueue(s, space, config, source="move", enqueued_from=label))
+        space, shape, device, local_moves.move_budget(settings.n_trials) if settings.incumbent_moves else 0)
 
     with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="trial") as executor, \
             _interrupt_on_stop([*workers, *compilers]):

@@ -116,13 +116,8 @@ def neighbour_winners(storage, key, space: SearchSpace, device, *, table_path: P
     tuned: dict[tuple, tuple[str, Mapping[str, int], Config]] = {}
     for other_key, entry in _storage_winners(storage, key):
         tuned[tuple(sorted(other_key.shape_dict.items()))] = ("neighbour", other_key.shape_dict, entry.config)
-    if table_path is not None and Path(table_path).is_file():
-        from autotune.table import ConfigTable
-
-        table = ConfigTable.load(table_path)
-        for entry in table.entries(key.device_key) if key.device_key in table.device_keys() else []:
-            if entry.kernel == key.kernel and entry.variant == key.variant:
-                tuned.setdefault(tuple(sorted(entry.shape.items())), ("table", entry.shape, entry.config))
+    for entry in _table_entries(table_path, key):
+        tuned.setdefault(tuple(sorted(entry.shape.items())), ("table", entry.shape, entry.config))
     mine = key.shape_dict
     ranked = []
     for origin, shape, config in tuned.values():
@@ -137,6 +132,18 @@ def neighbour_winners(storage, key, space: SearchSpace, device, *, table_path: P
             continue
         out.append(WarmConfig(projected[0], _label(origin, shape, mine, projected[1])))
     return out
+
+
+def _table_entries(table_path: Path | None, key):
+    """The entries of the table at ``table_path`` (None or no file: none) for ``key``'s kernel, variant and device."""
+    if table_path is None or not Path(table_path).is_file():
+        return []
+    from autotune.table import ConfigTable
+
+    table = ConfigTable.load(table_path)
+    if key.device_key not in table.device_keys():
+        return []
+    return [e for e in table.entries(key.device_key) if (e.kernel, e.variant) == (key.kernel, key.variant)]
 
 
 def _storage_winners(storage, key):
@@ -172,16 +179,11 @@ def old_winners(study, storage, key, space: SearchSpace, fingerprint: Mapping[st
       table of the repository but not the storage).
     """
     out: list[WarmConfig] = []
-    if table_path is not None and Path(table_path).is_file():
-        from autotune.table import ConfigTable
-
-        table = ConfigTable.load(table_path)
-        for entry in table.entries(key.device_key) if key.device_key in table.device_keys() else []:
-            if (entry.kernel, entry.variant) == (key.kernel, key.variant) and entry.shape == key.shape_dict:
-                projected = project(entry.config, space)
-                if projected is not None:
-                    out.append(WarmConfig(projected[0], _label("table", entry.shape, key.shape_dict,
-                                                               projected[1])))
+    for entry in _table_entries(table_path, key):
+        if entry.shape == key.shape_dict:
+            projected = project(entry.config, space)
+            if projected is not None:
+                out.append(WarmConfig(projected[0], _label("table", entry.shape, key.shape_dict, projected[1])))
     attrs = study.user_attrs
     if attrs.get("finalists") and attrs.get("finalists_fingerprint") not in (None, dict(fingerprint)):
         for finalist in attrs["finalists"]:

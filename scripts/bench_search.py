@@ -80,9 +80,16 @@ _MOE_20B = {"hidden": 2880, "intermediate": 2880, "E": 32, "top_k": 4}
 _MOE_GPU_CHOICES = {"BLOCK_M": (64, 128), "BLOCK_N": (64, 128, 256), "BLOCK_K": (64, 128, 256),
                     "num_warps": (4, 8), "num_stages": (2, 3, 4), "dequant": ("dot_scaled", "upcast")}
 _ATTN_GPU = {"seq": [2048], "batch": 1, "heads_q": 64, "heads_kv": 8, "head_dim": 64, "window": 0}
+_MOE_DECODE_CHOICES = {"dequant": ("upcast", "upcast_ptx"), "path": None, "BLOCK_N": (16, 32, 64, 128),
+                       "BLOCK_K": (128, 256, 512), "num_warps": (2, 4, 8)}
+_MOE_MID_CHOICES = {"dequant": None, "path": None, "BLOCK_N": (32, 64, 128), "BLOCK_K": (64, 128, 256),
+                    "num_warps": (4, 8)}
 GPU_CASES = (
-    *(Case("moe_gemm", "mlp1", {"M": [m], **_MOE_20B}, _MOE_GPU_CHOICES, f"moe_gemm mlp1 M={m}")
-      for m in (1, 64, 2048)),
+    # decode and mid M: both paths (CUDA-core gemv, tensor-core tiles) and both register decodes; the first record's
+    # MMA-tile choices left the default the best of these spaces, which told the samplers apart at no shape
+    Case("moe_gemm", "mlp1", {"M": [1], **_MOE_20B}, _MOE_DECODE_CHOICES, "moe_gemm mlp1 M=1 (both paths)"),
+    Case("moe_gemm", "mlp1", {"M": [64], **_MOE_20B}, _MOE_MID_CHOICES, "moe_gemm mlp1 M=64 (both paths)"),
+    Case("moe_gemm", "mlp1", {"M": [2048], **_MOE_20B}, _MOE_GPU_CHOICES, "moe_gemm mlp1 M=2048"),
     Case("attention", "prefill", _ATTN_GPU, {"BLOCK_M": None, "BLOCK_N": None, "num_warps": (4, 8),
                                              "num_stages": (1, 2, 3)}, "attention prefill seq=2048 W=0"),
 )
@@ -113,7 +120,8 @@ def reduced_space(space: SearchSpace, choices: dict[str, tuple | None]) -> Searc
         if not kept:  # the default is inactive here (e.g. SPLIT_K of a fused SwiGLU): keep the first choice
             kept = (param.choices[0],)
         params.append(Param(param.name, kept, when=param.when, inactive=param.inactive, doc=param.doc))
-    return SearchSpace(params=tuple(params), constraints=space.constraints, default=dict(space.default))
+    return SearchSpace(params=tuple(params), constraints=space.constraints, default=dict(space.default),
+                       coupled=space.coupled)
 
 
 def case_shape(case: Case) -> dict[str, int]:
@@ -241,7 +249,8 @@ def _replay_space(case_doc: dict[str, Any]) -> SearchSpace:
     def cached_constraints(config, shape, device):  # the sweep's verdict: what it pruned, the replay prunes
         return pruned.get(config_hash(config))
 
-    return SearchSpace(params=params, constraints=(cached_constraints,), default=dict(case_doc["default"]))
+    return SearchSpace(params=params, constraints=(cached_constraints,), default=dict(case_doc["default"]),
+                       coupled=live.coupled)
 
 
 def _neighbour_start(doc: dict[str, Any], case_doc: dict[str, Any], space: SearchSpace) -> list[dict[str, Any]]:

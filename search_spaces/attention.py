@@ -101,8 +101,15 @@ def tiles_fit_registers(config, shape, device) -> str | None:
 
 CONSTRAINTS = (tile_fits_problem, split_kv_useful, kv_dtype_supported, tiles_fit_registers, fits_shared_memory)
 
+COUPLED = (("BLOCK_M", "num_warps"),)
+"""The incumbent moves also halve or double the query tile together with its warps. Triton lays the tile's query rows
+over the warps (on Hopper, 64 rows per group of 4 warps; the default pairs 128 rows with 8 warps), so the two scale
+together: at prefill 2048 on the H200 the best config, 64 rows with 4 warps, beat the default and neither change alone
+did (64 with 8 warps 0.59x, 128 with 4 0.93x of the default; ``scripts/results/search-h200``). Decode offers one
+BLOCK_M, so no joint move exists there."""
+
 
 def space(variant: str, shape: Mapping[str, int], device) -> SearchSpace:
     """The search space of one variant at one shape on one device."""
     return SearchSpace(params=_params(variant, shape, device), constraints=CONSTRAINTS,
-                       default=default_config(variant, shape, device))
+                       default=default_config(variant, shape, device), coupled=COUPLED)

@@ -44,7 +44,7 @@ def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
     the gemv is offered it adds BLOCK_N = 16 and BLOCK_K = 512 (narrow, long programs) to the choices."""
     gemv = gemv_offered(shape)
     block_m = tuple(b for b in POW2_TILES if b <= block_m_limit(shape))
-    block_n = tuple(b for b in (16,) + POW2_TILES if (16 if gemv else 32) <= b <= max(32, next_pow2(shape["N"])))
+    block_n = tuple(b for b in POW2_TILES if (16 if gemv else 32) <= b <= max(32, next_pow2(shape["N"])))
     block_k = tuple(b for b in (32, 64, 128, 256, 512)
                     if b <= max(32, next_pow2(shape["K"])) and (gemv or b <= 256))
     params = [

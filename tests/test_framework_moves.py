@@ -22,19 +22,46 @@ from tests.test_framework_budget import ScriptedWorker, make_study, measured, tu
 def test_moves_step_numbers_to_neighbours_and_categoricals_to_every_other_value():
     space = fk.space("only", {"M": 64, "faults": 1, "delay_ms": 0}, None)
     start = space.validate({"mode": "ok", "BLOCK": 16, "UNROLL": 1})
-    got = [(name, value, config) for name, value, config in local_moves.moves(space, start)]
+    got = list(local_moves.moves(space, start))
     modes = [c for c in next(p for p in space.params if p.name == "mode").choices if c != "ok"]
-    assert [(n, v) for n, v, _ in got] == [("mode", m) for m in modes] + [("BLOCK", 32), ("UNROLL", 2)]
-    for name, value, config in got:
-        assert config[name] == value
+    assert [change for change, _ in got] == [f"mode={m}" for m in modes] + ["BLOCK=32", "UNROLL=2"]
+    for change, config in got:
+        name, value = change.split("=")
+        assert str(config[name]) == value
         assert sum(config[k] != start[k] for k in start) == 1 or (name == "mode" and config["UNROLL"] == 1)
     middle = space.validate({"mode": "ok", "BLOCK": 32, "UNROLL": 2})
-    assert [(n, v) for n, v, _ in local_moves.moves(space, middle) if n != "mode"] == [
-        ("BLOCK", 16), ("BLOCK", 64), ("UNROLL", 1)]
+    assert [c for c, _ in local_moves.moves(space, middle) if not c.startswith("mode=")] == [
+        "BLOCK=16", "BLOCK=64", "UNROLL=1"]
+
+
+def test_coupled_pairs_move_together_first_and_only_where_both_can_step():
+    params = (Param("BLOCK_M", (16, 32, 64, 128)), Param("BLOCK_N", (32, 64)), Param("num_warps", (2, 4, 8)))
+    space = SearchSpace(params=params, constraints=(), default={"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8},
+                        coupled=(("BLOCK_M", "num_warps"),))
+    changes = [c for c, _ in local_moves.moves(space, space.default)]
+    # 128 rows with 8 warps: only down (neither can go up); then the one-parameter moves
+    assert changes == ["BLOCK_M=64,num_warps=4", "BLOCK_M=64", "BLOCK_N=32", "num_warps=4"]
+    middle = {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4}
+    assert [c for c, _ in local_moves.coupled_moves(space, middle)] == [
+        "BLOCK_M=16,num_warps=2", "BLOCK_M=64,num_warps=8"]
+    assert list(local_moves.coupled_moves(space, {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 8})) == []
+    joint = dict(local_moves.coupled_moves(space, middle))["BLOCK_M=64,num_warps=8"]
+    assert joint == {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8}
+
+
+def test_attention_prefill_declares_its_query_tile_and_warps_coupled():
+    from autotune.device import INTERPRETER
+    from search_spaces import attention
+
+    shape = {"batch": 1, "seq": 2048, "heads_q": 64, "heads_kv": 8, "head_dim": 64, "window": 0}
+    space = attention.space("prefill", shape, INTERPRETER)
+    first_change, first = next(local_moves.moves(space, space.default))
+    assert first_change.count("=") == 2 and first["BLOCK_M"] * 2 == space.default["BLOCK_M"]
+    assert first["num_warps"] * 2 == space.default["num_warps"]
 
 
 def _bowl_space() -> SearchSpace:
-    # time = 100 + 10·|log2(a/8)| + 5·|log2(b/4)| + (0 if c == "y" else 1); a=16 with b=1 is infeasible
+    # time = base + 10·|log2(a/8)| + 5·|log2(b/4)| + (0 if c == "y" else 1); a=16 with b=1 is infeasible
     def forbid(config, shape, device):
         return "a=16 with b=1 is infeasible" if (config["a"], config["b"]) == (16, 1) else None
 
@@ -42,12 +69,13 @@ def _bowl_space() -> SearchSpace:
     return SearchSpace(params=params, constraints=(forbid,), default={"a": 2, "b": 1, "c": "x"})
 
 
-def _bowl(config) -> float:
-    return (100 + 10 * abs(math.log2(config["a"] / 8)) + 5 * abs(math.log2(config["b"] / 4))
+def _bowl(config, base: float = 1000.0) -> float:
+    """base 1000: every move gains < RECENTRE_GAIN (best improvement); base 100: a=4 gains 8% (re-centre at once)."""
+    return (base + 10 * abs(math.log2(config["a"] / 8)) + 5 * abs(math.log2(config["b"] / 4))
             + (0 if config["c"] == "y" else 1))
 
 
-def _climb(space, limit: int, trials: int):
+def _climb(space, limit: int, trials: int, base: float = 1000.0):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study_mod.enqueue(study, space, space.default, source="default")
     climber = local_moves.IncumbentMoves(space, {}, None, limit)
@@ -60,7 +88,7 @@ def _climb(space, limit: int, trials: int):
         config = space.suggest(trial)
         study_mod.claim(trial, config)
         reason = space.check(config, {}, None)
-        study.tell(trial, state=TrialState.PRUNED) if reason else study.tell(trial, _bowl(config))
+        study.tell(trial, state=TrialState.PRUNED) if reason else study.tell(trial, _bowl(config, base))
     return study, labels
 
 
@@ -79,6 +107,15 @@ def test_climb_walks_to_the_optimum_then_stops():
     # it stopped at the optimum: fewer moves than the limit, the rest of the 30 trials came from the sampler
     assert len(moved) < 20 and len(moved) == len(labels)
     assert all(t.user_attrs.get("source") == "sampler" for t in study.trials[1 + len(moved):])
+
+
+def test_a_large_gain_recentres_before_the_centres_other_moves():
+    study, labels = _climb(_bowl_space(), limit=20, trials=30, base=100.0)
+    # 131 -> a=1 (141) then a=4 (121, 7.6% faster): the next move is a=8 of trial 2, not b=2 of trial 0
+    assert labels[:3] == ["move:a=1 of trial 0", "move:a=4 of trial 0", "move:a=8 of trial 2"]
+    assert "move:b=2 of trial 0" not in labels
+    best = min((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert study_mod.config_of(best) == {"a": 8, "b": 4, "c": "y"}
 
 
 def test_climb_respects_its_limit():

@@ -71,11 +71,16 @@ class SearchSpace:
         params: the parameters in suggestion order (a ``when`` may only read earlier ones).
         constraints: functions returning a reason when a config cannot work on a device.
         default: the heuristic config for the shape and device.
+        coupled: pairs of numeric parameters that the incumbent moves (:mod:`autotune.tuning.local_moves`) also
+            step together, each to its next offered value in the same direction, before the one-parameter moves:
+            parameters whose useful values scale with each other (a flash-attention query tile and its warps), so
+            that changing one alone is slower and both together faster. Not part of the sampled space.
     """
 
     params: tuple[Param, ...]
     constraints: tuple[Constraint, ...]
     default: Config
+    coupled: tuple[tuple[str, str], ...] = ()
 
     def suggest(self, trial) -> Config:
         """Sample a config from an Optuna trial (active parameters only).

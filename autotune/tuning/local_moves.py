@@ -13,7 +13,8 @@ declare *coupled* pairs (:attr:`SearchSpace.coupled`: the attention query tile w
 one step each in the same direction; those moves come first. Moves the device
 constraints reject, and configs the study has already asked (in any state, pruned and failed included), are
 skipped, so a move never costs a pruned trial. The centre is the best COMPLETE trial when the moves start; once all
-its moves were asked and measured, the best COMPLETE trial becomes the next centre, and when that is the same
+its moves were asked and measured (or as soon as one is :data:`RECENTRE_GAIN` faster than it), the best COMPLETE
+trial becomes the next centre, and when that is the same
 config again (no move improved on it) it is a local optimum and the moves stop. (First improvement, re-centring on
 the first better move, was tried on the same sweeps and stuck at 0.965 of the M = 2048 best: the first move,
 ``dequant``, improved a little and led away from ``num_warps = 8``.)
@@ -169,7 +170,6 @@ class IncumbentMoves:
                 return label
             if any(t.state == TrialState.RUNNING for t in trials):
                 return None  # the centre's last moves are still being measured: re-centre when they are in
-            best = min(complete, key=lambda t: t.value)
             if best.user_attrs["config_hash"] == config_hash(centre):
                 self._done = True  # a local optimum: every move of the centre was measured and none was better
                 return None

@@ -1,7 +1,8 @@
 """Benchmark of the MoE GEMM kernel paths: the default config of each path ("mma", "gemv") per variant and M.
 
-On sm_90+ GPUs the gemv default is also timed with the inline-PTX decode (row "gemv+ptx", ``dequant="upcast_ptx"``),
-and the gemv sweep covers both decodes.
+The gemv default is also timed with its other decodes where the device has them: the inline-PTX decode on sm_90+
+(row "gemv+ptx", ``dequant="upcast_ptx"``) and the int8-lookup dp4a products (row "gemv+dp4a", ``dequant="dp4a"``);
+the gemv sweep covers the decodes named by ``--sweep-dequant`` (default: all of them).
 
 For mlp1 and mlp2 at gpt-oss widths and each token count M it times the default config of every path
 (:func:`kernels.moe_gemm.heuristics.path_default`), after checking it against the fp32 reference, and prints the
@@ -40,6 +41,10 @@ GEMV_SWEEP_SPLIT_K = (1, 2, 4)
 compile and time in about a minute on an H200."""
 
 
+GEMV_DECODE_ROWS = {"upcast": "gemv", "upcast_ptx": "gemv+ptx", "dp4a": "gemv+dp4a"}
+"""Row label of the gemv default with each decode."""
+
+
 def _parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="20b")
@@ -47,14 +52,23 @@ def _parse_args(argv):
     parser.add_argument("--rep-ms", type=float, default=100.0, help="timed milliseconds per measurement")
     parser.add_argument("--gemv-sweep", action="store_true", help="also sweep gemv configs at the --sweep-M values")
     parser.add_argument("--sweep-M", default="1,8", help="token counts of --gemv-sweep, comma-separated")
+    parser.add_argument("--sweep-dequant", default="", help="gemv decodes of --gemv-sweep, comma-separated "
+                        "(upcast, upcast_ptx, dp4a; default: every one the device has)")
+    parser.add_argument("--sweep-block-n", default="16,32,64", help="BLOCK_N values of --gemv-sweep")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes under the Triton interpreter")
     parser.add_argument("--out", help="also write the markdown report here")
     args = parser.parse_args(argv)
     try:
         args.M = [int(v) for v in args.M.split(",")]
         args.sweep_M = [int(v) for v in args.sweep_M.split(",")]
+        args.sweep_block_n = tuple(int(v) for v in args.sweep_block_n.split(","))
     except ValueError:
-        parser.error(f"--M and --sweep-M must be comma-separated integers, got {args.M!r} / {args.sweep_M!r}")
+        parser.error(f"--M, --sweep-M and --sweep-block-n must be comma-separated integers, got {args.M!r} / "
+                     f"{args.sweep_M!r} / {args.sweep_block_n!r}")
+    args.sweep_dequant = tuple(filter(None, args.sweep_dequant.split(",")))
+    unknown = sorted(set(args.sweep_dequant) - set(GEMV_DECODE_ROWS))
+    if unknown:
+        parser.error(f"--sweep-dequant: unknown decodes {unknown} (known: {', '.join(GEMV_DECODE_ROWS)})")
     if not args.M or min(args.M) < 1:
         parser.error("--M values must be >= 1")
     return args
@@ -128,22 +142,24 @@ def _timing_sets(moe, bench, variant, shape):
 
 
 def _gemv_dequants(bench) -> tuple[str, ...]:
-    """The gemv's decodes on this device: the Triton ops, and the inline PTX on sm_90+ GPUs."""
+    """The gemv's decodes on this device: the Triton ops, the inline PTX on sm_90+ GPUs, dp4a on sm_61+ (and its
+    Triton-op twin under the interpreter)."""
     from search_spaces.moe_gemm import dequant_supported
 
-    return tuple(d for d in ("upcast", "upcast_ptx")
-                 if dequant_supported({"dequant": d}, None, bench.profile) is None)
+    return tuple(d for d in GEMV_DECODE_ROWS if dequant_supported({"dequant": d}, None, bench.profile) is None)
 
 
-def _sweep_gemv(moe, bench, variant, shape, sets, rep_ms) -> tuple[float, dict] | None:
-    """Fastest of the GEMV_SWEEP grid at one shape (configs the search space would prune are skipped)."""
+def _sweep_gemv(moe, bench, variant, shape, sets, rep_ms, dequants, block_n) -> tuple[float, dict] | None:
+    """Fastest of the GEMV_SWEEP grid (BLOCK_N replaced by ``block_n``) with each of ``dequants`` at one shape
+    (configs the search space would prune are skipped)."""
     from search_spaces import moe_gemm as space_mod
 
     space = space_mod.space(variant, shape.as_dict(), bench.profile)
     best = None
     splits = GEMV_SWEEP_SPLIT_K if variant == "mlp2" else (1,)
-    for values in itertools.product(*GEMV_SWEEP.values(), splits, _gemv_dequants(bench)):
-        params = dict(zip((*GEMV_SWEEP, "SPLIT_K", "dequant"), values))
+    grid = {**GEMV_SWEEP, "BLOCK_N": block_n}
+    for values in itertools.product(*grid.values(), splits, dequants):
+        params = dict(zip((*grid, "SPLIT_K", "dequant"), values))
         config = {**moe.default_config(variant, shape.as_dict(), bench.profile), "path": "gemv", "GROUP_M": 1,
                   "schedule": "grid", "programs_per_sm": 1, "BLOCK_M": 16, **params}
         if space.check(config, shape.as_dict(), bench.profile) is not None:
@@ -174,6 +190,7 @@ def run(args) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)  # (the header first: a run cut by a time limit still says where it ran)
     sweeps = []
+    sweep_dequants = tuple(d for d in _gemv_dequants(bench) if not args.sweep_dequant or d in args.sweep_dequant)
     for variant in moe.VARIANTS:
         for m in m_values:
             shape = moe.MoeShape.for_variant(variant, M=m, **dims)
@@ -181,24 +198,26 @@ def run(args) -> list[str]:
             sets = _timing_sets(moe, bench, variant, shape)
             cost = moe.cost(variant, sets)
             rpe = moe.heuristics.rows_per_expert(shape.as_dict())
-            for path in (*moe.config.PATHS, *(["gemv+ptx"] if "upcast_ptx" in _gemv_dequants(bench) else [])):
-                if path.startswith("gemv") and not gemv_offered(shape.as_dict()):
-                    lines.append(f"| {variant} | {m} | {rpe:.1f} | {path} | {picks} | n/a (> 8 rows per expert) "
+            rows = [("mma", "mma", None)] + [(GEMV_DECODE_ROWS[d], "gemv", d) for d in _gemv_dequants(bench)]
+            for label, path, dequant in rows:
+                if path == "gemv" and not gemv_offered(shape.as_dict()):
+                    lines.append(f"| {variant} | {m} | {rpe:.1f} | {label} | {picks} | n/a (> 8 rows per expert) "
                                  "| | | | | | |")
                     continue
-                params = path_default(variant, shape.as_dict(), bench.profile, path.removesuffix("+ptx"))
-                config = moe.config_from_dict({**params, **({"dequant": "upcast_ptx"} if "+ptx" in path else {})})
+                params = path_default(variant, shape.as_dict(), bench.profile, path)
+                config = moe.config_from_dict({**params, **({"dequant": dequant} if dequant else {})})
                 err = bench.check(moe, variant, shape, config, seed=11)
                 us = bench.time_us(moe, variant, sets, config, args.rep_ms)
                 gbps, tflops = cost.bytes / us / 1e3, cost.flops / us / 1e6
                 changed = {k: v for k, v in config.as_dict().items()
                            if k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages", "dequant")}
-                lines.append(f"| {variant} | {m} | {rpe:.1f} | {path} | {picks} | {us:.1f} | {gbps:.0f} | "
+                lines.append(f"| {variant} | {m} | {rpe:.1f} | {label} | {picks} | {us:.1f} | {gbps:.0f} | "
                              f"{gbps / bench.copy_gbps:.2f} | {tflops:.1f} | {tflops / bench.mm_tflops:.2f} | "
                              f"{err:.1e} | {changed} |")
                 print(lines[-1], flush=True)
             if args.gemv_sweep and gemv_offered(shape.as_dict()) and m in args.sweep_M:
-                best = _sweep_gemv(moe, bench, variant, shape, sets, min(args.rep_ms, 30.0))
+                best = _sweep_gemv(moe, bench, variant, shape, sets, min(args.rep_ms, 30.0), sweep_dequants,
+                                   args.sweep_block_n)
                 if best is not None:
                     us, params = best
                     sweeps.append(f"| {variant} | {m} | {us:.1f} | {cost.bytes / us / 1e3:.0f} | "

@@ -21,6 +21,9 @@ def main(argv=None) -> int:
     parser.add_argument("--M", type=int, default=1)
     parser.add_argument("--E", type=int, default=32, help="experts (32: gpt-oss-20b, 128: 120b)")
     parser.add_argument("--path", choices=("mma", "gemv"), default="gemv")
+    parser.add_argument("--dequant", choices=("upcast", "upcast_ptx", "dp4a", "dot_scaled"),
+                        help="replace the path default's decode")
+    parser.add_argument("--config", default="{}", help="JSON of further config fields to replace")
     parser.add_argument("--calls", type=int, default=4)
     args = parser.parse_args(argv)
     import torch
@@ -33,7 +36,11 @@ def main(argv=None) -> int:
     from kernels.moe_gemm.heuristics import path_default
 
     shape = moe.MoeShape.for_variant(args.variant, M=args.M, hidden=2880, intermediate=2880, E=args.E, top_k=4)
-    config = moe.config_from_dict(path_default(args.variant, shape.as_dict(), device_mod.detect(0), args.path))
+    params = path_default(args.variant, shape.as_dict(), device_mod.detect(0), args.path)
+    import json
+
+    config = moe.config_from_dict({**params, **({"dequant": args.dequant} if args.dequant else {}),
+                                   **json.loads(args.config)})
     inputs = moe.make_inputs(args.variant, shape, dtype=torch.bfloat16, device="cuda", seed=3)
     for _ in range(args.calls):
         moe.launch(args.variant, inputs, config)

@@ -40,16 +40,19 @@ def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
     rows per expert, BLOCK_N/BLOCK_K beyond N/K), so the sampler spends no trials there (seen on the H100,
     2026-11-21: with all five BLOCK_M offered, over 90% of the decode trials were pruned for it). ``dequant`` comes
     first and ``path`` after it (the gemv decodes in registers: it exists for "upcast" and "upcast_ptx", so a config
-    naming "dot_scaled" is an MMA config); the MMA-only tunables (GROUP_M, schedule) are inactive on the gemv path; where
-    the gemv is offered it adds BLOCK_N = 16 and BLOCK_K = 512 (narrow, long programs) to the choices."""
+    naming "dot_scaled" is an MMA config; "dp4a" is offered only where the gemv is, and exists only on it: the
+    constraint :func:`dp4a_on_gemv` prunes its MMA half); the MMA-only tunables (GROUP_M, schedule) are inactive on the
+    gemv path; where the gemv is offered it adds BLOCK_N = 16 and BLOCK_K = 512 (narrow, long programs) to the
+    choices."""
     gemv = gemv_offered(shape)
     block_m = tuple(b for b in POW2_TILES if b <= block_m_limit(shape))
     block_n = tuple(b for b in POW2_TILES if (16 if gemv else 32) <= b <= max(32, next_pow2(shape["N"])))
     block_k = tuple(b for b in (32, 64, 128, 256, 512)
                     if b <= max(32, next_pow2(shape["K"])) and (gemv or b <= 256))
     params = [
-        Param("dequant", ("dot_scaled", "upcast", "upcast_ptx"),
-              doc="tl.dot_scaled, or decode in registers (Triton ops, or inline PTX on sm_90+)"),
+        Param("dequant", ("dot_scaled", "upcast", "upcast_ptx") + (("dp4a",) if gemv else ()),
+              doc="tl.dot_scaled, or decode in registers (Triton ops, or inline PTX on sm_90+), or (gemv only) "
+                  "int8 lookup + dp4a on exact activation byte planes"),
         Param("path", ("mma", "gemv") if gemv else ("mma",), when=lambda c: c["dequant"] != "dot_scaled",
               inactive="mma", doc="tensor-core tiles, or CUDA-core dot products for few rows per expert"),
         Param("BLOCK_M", block_m, doc="routed rows per tile (gemv: the most rows of one expert per program)"),
@@ -107,18 +110,20 @@ def tile_fits_problem(config, shape, device) -> str | None:
 
 
 GEMV_MAX_DECODED_PER_THREAD = 128
-"""Most decoded float32 weights a gemv thread holds per K step (BLOCK_N·BLOCK_K / threads): half the 255-register
-limit, leaving the rest for the products, activations and addresses."""
+"""Most registers of decoded weights a gemv thread holds per K step: half the 255-register limit, leaving the rest
+for the products, activations and addresses. The float decodes hold one float32 per weight (BLOCK_N·BLOCK_K /
+threads); dp4a holds a word of 8 codes and its two int32 sums (3 registers per 8 weights)."""
 
 
 def gemv_tile_fits_registers(config, shape, device) -> str | None:
-    """The gemv decodes a whole ``[BLOCK_N, BLOCK_K]`` weight tile to float32 registers per K step."""
+    """The gemv decodes a whole ``[BLOCK_N, BLOCK_K]`` weight tile to registers per K step."""
     if _is_mma(config):
         return None
-    per_thread = config["BLOCK_N"] * config["BLOCK_K"] // (32 * config["num_warps"])
+    weights = config["BLOCK_N"] * config["BLOCK_K"] // (32 * config["num_warps"])
+    per_thread = weights * 3 // 8 if config["dequant"] == "dp4a" else weights
     if per_thread > GEMV_MAX_DECODED_PER_THREAD:
-        return (f"gemv tile {config['BLOCK_N']}x{config['BLOCK_K']} over {config['num_warps']} warps decodes "
-                f"{per_thread} float32 weights per thread > {GEMV_MAX_DECODED_PER_THREAD}")
+        return (f"gemv tile {config['BLOCK_N']}x{config['BLOCK_K']} over {config['num_warps']} warps holds "
+                f"{per_thread} registers of decoded weights per thread > {GEMV_MAX_DECODED_PER_THREAD}")
     return None
 
 
@@ -142,10 +147,25 @@ def split_k_useful(config, shape, device) -> str | None:
     return None
 
 
+DP4A_MIN_CAPABILITY = (6, 1)
+"""``dp4a`` exists from sm_61 on (PTX ISA, "Integer Arithmetic Instructions: dp4a")."""
+
+
 def dequant_supported(config, shape, device) -> str | None:
-    """The inline-PTX decode uses ``mul.rn.bf16x2`` (PTX ISA 7.8: sm_90 and newer) and needs a CUDA device."""
+    """The inline-PTX decode uses ``mul.rn.bf16x2`` (PTX ISA 7.8: sm_90 and newer) and needs a CUDA device; dp4a
+    needs sm_61 or newer on a GPU (the interpreter runs its Triton-op twin)."""
     if config["dequant"] == "upcast_ptx" and (not device.is_gpu or tuple(device.compute_capability) < (9, 0)):
         return f"dequant=upcast_ptx needs a CUDA GPU with compute capability >= 9.0 ({device.name})"
+    if (config["dequant"] == "dp4a" and device.is_gpu
+            and tuple(device.compute_capability) < DP4A_MIN_CAPABILITY):
+        return f"dequant=dp4a needs compute capability >= 6.1 ({device.name})"
+    return None
+
+
+def dp4a_on_gemv(config, shape, device) -> str | None:
+    """dp4a multiplies in int32 on CUDA cores: it exists on the gemv path only."""
+    if config["dequant"] == "dp4a" and _is_mma(config):
+        return "dequant=dp4a runs on path=gemv only (int32 dot products, no MMA tile)"
     return None
 
 
@@ -167,7 +187,7 @@ def accumulator_fits_registers(config, shape, device) -> str | None:
     return None
 
 
-CONSTRAINTS = (tile_fits_problem, block_m_fits_rows, split_k_useful, accumulator_fits_registers,
+CONSTRAINTS = (dp4a_on_gemv, tile_fits_problem, block_m_fits_rows, split_k_useful, accumulator_fits_registers,
                gemv_tile_fits_registers, fits_shared_memory, dequant_supported)
 
 

@@ -640,3 +640,84 @@ _GPU_GEMV_CASES = [dataclasses.replace(c, dtype=torch.bfloat16) for c in _GEMV_R
 @pytest.mark.parametrize("case", _GPU_GEMV_CASES, ids=Case.id)
 def test_gpu_bf16_gemv(case: Case):
     check_case(case, device="cuda")
+
+
+# --- dequant="dp4a": int8 lookup + dp4a on exact activation byte planes (kernels/moe_gemm/gemv_dp4a.py) ----------
+# Under the interpreter the Triton-op twin of the inline PTX runs (same integer sums); on a GPU the PTX. The odd shape
+# over row blocks, split-K and both mlp1 epilogues, many rows per expert, fp32 activations, a real width.
+_DP4A = [Case(variant, M=7, N=96, K=96, E=3, top_k=3, seed=700 + i, config=dict(
+    path="gemv", BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=64, GROUP_M=1, SPLIT_K=split,
+    fuse_swiglu=variant == "mlp2" or split == 1, dequant="dp4a"))
+    for i, (variant, block_m, block_n, split) in enumerate(
+        [("mlp1", 16, 32, 1), ("mlp1", 4, 16, 2), ("mlp2", 16, 16, 2), ("mlp2", 1, 32, 1)])]
+_DP4A += [
+    Case("mlp1", M=40, N=160, K=160, E=5, top_k=2, seed=710, config=dict(
+        path="gemv", BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, GROUP_M=1, SPLIT_K=2, fuse_swiglu=False, dequant="dp4a")),
+    Case("mlp2", M=40, N=160, K=160, E=5, top_k=2, seed=711, config=dict(
+        path="gemv", BLOCK_M=8, BLOCK_N=64, BLOCK_K=128, GROUP_M=1, dequant="dp4a")),
+]
+_DP4A_FP32 = [Case(variant, M=7, N=96, K=96, E=3, top_k=3, dtype=torch.float32, seed=720 + i, config=dict(
+    path="gemv", BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, GROUP_M=1, dequant="dp4a"))
+    for i, variant in enumerate(("mlp1", "mlp2"))]
+_DP4A_REAL = [Case("mlp2", M=1, N=2880, K=2880, E=32, top_k=4, seed=730, config=dict(
+    path="gemv", BLOCK_M=16, BLOCK_N=256, BLOCK_K=512, GROUP_M=1, SPLIT_K=2, dequant="dp4a"))]
+
+
+@pytest.mark.parametrize("case", _DP4A + _DP4A_REAL + [pytest.param(c, marks=FP32_ON_GPU) for c in _DP4A_FP32],
+                         ids=Case.id)
+def test_gemv_dp4a(case: Case):
+    check_case(case)
+
+
+def test_gemv_dp4a_activation_planes_are_exact():
+    # Activations spanning 2**-40 .. 2**40 between rows and 2**-12 within each 32-group (fp16 cannot: fp32): every
+    # value is within 2**-13 of its group's maximum, so the 23-bit planes hold each exactly and the kernel may differ
+    # from the fp32 reference only by float32 rounding of the sums (the 1e-5 mlp2 limit; measured ~1e-7).
+    inputs = make_inputs("mlp2", MoeShape(M=4, N=32, K=128, E=2, top_k=1), dtype=torch.float32, device=DEVICE, seed=9)
+    rows = inputs.act.shape[0]
+    row_scale = 2.0 ** torch.linspace(-40, 40, rows, device=DEVICE)[:, None]
+    within = 2.0 ** -(torch.arange(128, device=DEVICE) % 13).float()[None, :]  # 1 .. 2**-12 inside each group
+    inputs = dataclasses.replace(inputs, act=(inputs.act.sign() * row_scale * within).contiguous(),
+                                 bias=torch.zeros_like(inputs.bias))
+    tri = launch("mlp2", inputs, MoeGemmConfig(path="gemv", BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, GROUP_M=1,
+                                               dequant="dp4a"))
+    assert row_rel_err(tri, reference("mlp2", inputs)) <= 1e-5
+
+
+@pytest.mark.parametrize("variant", ["mlp1"])
+def test_gemv_dp4a_one_wrong_scale_byte_is_caught(variant):
+    inputs = make_inputs(variant, MoeShape(M=7, N=96, K=96, E=3, top_k=3), dtype=torch.float16, device=DEVICE,
+                         seed=402)
+    tol = tolerance(variant, torch.float16).max_rel_err
+    bad, where = _corrupt_one_scale(inputs, variant, tol)
+    config = MoeGemmConfig(path="gemv", BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, GROUP_M=1, dequant="dp4a")
+    assert row_rel_err(launch(variant, bad, config), reference(variant, inputs)) > tol, f"scale {where} unnoticed"
+    assert row_rel_err(launch(variant, bad, config), reference(variant, bad)) <= tol
+
+
+def test_dp4a_is_gemv_only():
+    with pytest.raises(ValueError, match="dp4a"):
+        MoeGemmConfig(path="mma", dequant="dp4a")
+    inputs = make_inputs("mlp1", MoeShape(M=2, N=64, K=64, E=2, top_k=1), dtype=torch.float16, device=DEVICE, seed=0)
+    _, plan = launches("mlp1", inputs, MoeGemmConfig(path="gemv", BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=1,
+                                                     dequant="dp4a"))
+    assert [p.kernel.__name__ for p in plan] == ["quantize_activations_kernel", "moe_mxfp4_gemv_dp4a_kernel"]
+    assert plan[0].grid == (2, 1)  # one program per token row (K = 64: 2 groups, one program of 16)
+    assert plan[1].kwargs["EMULATE"] == (DEVICE != "cuda")
+
+
+# On the GPU: the inline PTX at the real widths (mlp1 M=1 with the fused epilogue, mlp2 split-K, mlp1 unfused) in
+# bf16 and fp16, and the odd shapes, against the reference and against the float gemv.
+_GPU_DP4A = [dataclasses.replace(c, dtype=dtype, config={**c.config, "dequant": "dp4a"})
+             for c in _GEMV_REAL for dtype in (torch.bfloat16, torch.float16)]
+_GPU_DP4A += [dataclasses.replace(c, dtype=torch.bfloat16) for c in _DP4A]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", _GPU_DP4A, ids=Case.id)
+def test_gpu_gemv_dp4a(case: Case):
+    check_case(case, device="cuda")
+    inputs = make_inputs(case.variant, case.shape, dtype=case.dtype, device="cuda", seed=case.seed)
+    dp4a = launch(case.variant, inputs, MoeGemmConfig(**case.config))
+    ops = launch(case.variant, inputs, MoeGemmConfig(**{**case.config, "dequant": "upcast"}))
+    assert row_rel_err(dp4a, ops) <= 0.1 * tolerance(case.variant, case.dtype).max_rel_err

@@ -30,8 +30,8 @@ BUCKET_DIM = "M"
 EXAMPLE_DIMS = {"M": 16, "hidden": 2880, "intermediate": 2880, "E": 32, "top_k": 4}
 """gpt-oss-20b at 16 tokens: the shape ``autotune list`` shows the search space for."""
 
-SOURCE_FILES = tuple(Path(__file__).parent / name for name in ("triton_kernels.py", "e2m1_ptx.py", "launch.py",
-                                                                   "config.py")) + tuple(
+SOURCE_FILES = tuple(Path(__file__).parent / name for name in ("triton_kernels.py", "e2m1_ptx.py", "gemv_dp4a.py",
+                                                                   "launch.py", "config.py")) + tuple(
     Path(__file__).parent.parent / name for name in ("launch_plan.py", "moe_routing.py"))
 """Files that decide what runs on the GPU (hashed into the table fingerprint; the reference, inputs and search space
 are not: they do not change a measured config's speed)."""

@@ -11,7 +11,7 @@ VARIANTS = ("mlp1", "mlp2")
 sum over the top-k."""
 
 SCHEDULES = ("grid", "persistent")
-DEQUANT_PATHS = ("dot_scaled", "upcast", "upcast_ptx")
+DEQUANT_PATHS = ("dot_scaled", "upcast", "upcast_ptx", "dp4a")
 PATHS = ("mma", "gemv")
 """Kernel designs: "mma" (BLOCK_M x BLOCK_N tiles through the tensor cores, BLOCK_M >= 16 rows, padded when an
 expert has fewer) and "gemv" (CUDA-core dot products for few rows per expert: BLOCK_M in 1..16 rows, no padding to an
@@ -124,7 +124,9 @@ class MoeGemmConfig:
         dequant: "dot_scaled" (``tl.dot_scaled`` with e2m1 operands), "upcast" (decode to the activation dtype in
             registers, then ``tl.dot``) or "upcast_ptx" (the same with the inline-PTX decode; sm_90+, bf16 activations
             on the MMA path). Path "gemv" decodes to float32 with Triton ops ("upcast") or the inline PTX
-            ("upcast_ptx", any activation dtype), not "dot_scaled".
+            ("upcast_ptx", any activation dtype), not "dot_scaled"; "dp4a" (gemv only) multiplies in int32 instead:
+            weights looked up as int8, activations split into exact byte planes
+            (:mod:`kernels.moe_gemm.gemv_dp4a`).
 
     The field defaults are the shape-independent part of the default config; the tile fields' defaults are generic
     and :func:`kernels.moe_gemm.heuristics.default_config` replaces them per shape and device (it is the default a
@@ -166,10 +168,12 @@ class MoeGemmConfig:
             if self.BLOCK_N < 16:
                 raise ValueError(f"path='gemv' needs BLOCK_N >= 16, got {self.BLOCK_N}")
             if self.dequant == "dot_scaled":
-                raise ValueError("path='gemv' decodes in registers (dequant='upcast' or 'upcast_ptx'): "
+                raise ValueError("path='gemv' decodes in registers (dequant='upcast', 'upcast_ptx' or 'dp4a'): "
                                  "tl.dot_scaled needs an MMA")
             if self.schedule != "grid" or self.GROUP_M != 1:
                 raise ValueError("path='gemv' runs one program per tile (schedule='grid', GROUP_M=1)")
+        elif self.dequant == "dp4a":
+            raise ValueError("dequant='dp4a' is a gemv decode (path='gemv'): its int32 products have no MMA tile")
         if self.BLOCK_K < 32:
             raise ValueError(f"BLOCK_K={self.BLOCK_K} must be a multiple of the MXFP4 group size 32")
         if not isinstance(self.num_stages, int) or isinstance(self.num_stages, bool) or not 1 <= self.num_stages <= 8:

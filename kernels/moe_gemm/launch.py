@@ -12,6 +12,7 @@ import triton
 
 from kernels.launch_plan import KernelLaunch
 from kernels.moe_gemm.config import MoeGemmConfig
+from kernels.moe_gemm.gemv_dp4a import RECORD_WORDS, moe_mxfp4_gemv_dp4a_kernel, quantize_activations_kernel
 from kernels.moe_gemm.triton_kernels import (DEQUANT_CODES, moe_mxfp4_gemm_kernel, moe_mxfp4_gemv_kernel,
                                              swiglu_kernel)
 from kernels.moe_routing import Routing, max_row_blocks
@@ -21,6 +22,10 @@ SWIGLU_ALPHA = 1.702
 
 SWIGLU_LIMIT = 7.0
 """gpt-oss clamp of the gate (above) and of the linear half (both sides); config.json ``swiglu_limit``."""
+
+DP4A_QUANTIZE_GROUPS = 16
+"""Activation groups per program of the dp4a pre-pass (:func:`kernels.moe_gemm.gemv_dp4a.quantize_activations_kernel`):
+512 activations, 6 programs per 2880-wide row."""
 
 GEMV_SWIGLU_COLS = 256
 """Output columns per program of the unfused SwiGLU pass after a gemv (a power of two; 512 B of fp16 per row)."""
@@ -89,8 +94,9 @@ def gemm_launch(
     scatter_out: bool,
     fuse_swiglu: bool,
     atomic_out: bool,
-) -> KernelLaunch:
-    """Arguments, constexprs and grid of one :func:`moe_mxfp4_gemm_kernel` launch (nothing runs).
+) -> list[KernelLaunch]:
+    """Arguments, constexprs and grid of the :func:`moe_mxfp4_gemm_kernel` launch, or of the gemv's launches (the
+    dp4a decode adds its activation pre-pass first); nothing runs.
 
     Args:
         a: ``[T, K]`` (gather_a) or ``[R, K]`` activations, bf16/fp16 (fp32 with the upcast path), K contiguous.
@@ -106,7 +112,7 @@ def gemm_launch(
         atomic_out: accumulate ``[R, N]`` float32 with atomics (split-K without scatter).
 
     Returns:
-        The :class:`KernelLaunch`.
+        The :class:`KernelLaunch` list, in launch order.
 
     Raises:
         ValueError: if the activation dtype cannot use the chosen dequant path.
@@ -140,28 +146,41 @@ def gemm_launch(
         SPLIT_K=config.SPLIT_K, PERSISTENT=persistent,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
-    return KernelLaunch(moe_mxfp4_gemm_kernel, (num_programs,), args, kwargs)
+    return [KernelLaunch(moe_mxfp4_gemm_kernel, (num_programs,), args, kwargs)]
 
 
 def _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks, total_tiles, *, gather_a,
-                 scatter_out, fuse_swiglu, atomic_out) -> KernelLaunch:
-    """The :func:`moe_mxfp4_gemv_kernel` launch of ``config.path == "gemv"`` (arguments as :func:`gemm_launch`):
-    one program per (row block, N block, K slice), no persistent schedule."""
+                 scatter_out, fuse_swiglu, atomic_out) -> list[KernelLaunch]:
+    """The :func:`moe_mxfp4_gemv_kernel` launch of ``config.path == "gemv"`` (arguments as :func:`gemm_launch`), or
+    for ``dequant="dp4a"`` the activation pre-pass :func:`kernels.moe_gemm.gemv_dp4a.quantize_activations_kernel`
+    (``[rows of a, K/32, 32]`` int32 records) and :func:`kernels.moe_gemm.gemv_dp4a.moe_mxfp4_gemv_dp4a_kernel` (the
+    codes as int32 words; off CUDA the Triton-op twin of its inline PTX): one program per (row block, N block,
+    K slice), no persistent schedule."""
     num_experts, n = w_blocks.shape[0], w_blocks.shape[1]
-    args = (
-        a, w_blocks, w_scales, bias, out, routing.expert_offsets, routing.row_token, routing.row_gate,
-        n, a.shape[1], num_m_blocks,
-        a.stride(0), w_blocks.stride(0), w_blocks.stride(1), w_scales.stride(0), w_scales.stride(1),
-        bias.stride(0), out.stride(0),
-    )
+    k = a.shape[1]
     kwargs = {
         "NUM_EXPERTS": num_experts, "EXPERTS_POW2": triton.next_power_of_2(num_experts),
         "GATHER_A": gather_a, "SCATTER_OUT": scatter_out, "FUSE_SWIGLU": fuse_swiglu, "ATOMIC_OUT": atomic_out,
         "SWIGLU_ALPHA": SWIGLU_ALPHA, "SWIGLU_LIMIT": SWIGLU_LIMIT,
         "BLOCK_M": config.BLOCK_M, "BLOCK_N": config.BLOCK_N, "BLOCK_K": config.BLOCK_K, "SPLIT_K": config.SPLIT_K,
-        "DEQUANT_PTX": config.dequant == "upcast_ptx", "num_warps": config.num_warps, "num_stages": config.num_stages,
+        "num_warps": config.num_warps, "num_stages": config.num_stages,
     }
-    return KernelLaunch(moe_mxfp4_gemv_kernel, (total_tiles,), args, kwargs)
+    tail = (routing.expert_offsets, routing.row_token, routing.row_gate, n, k, num_m_blocks)
+    if config.dequant != "dp4a":
+        args = (a, w_blocks, w_scales, bias, out, *tail, a.stride(0), w_blocks.stride(0), w_blocks.stride(1),
+                w_scales.stride(0), w_scales.stride(1), bias.stride(0), out.stride(0))
+        kwargs["DEQUANT_PTX"] = config.dequant == "upcast_ptx"
+        return [KernelLaunch(moe_mxfp4_gemv_kernel, (total_tiles,), args, kwargs)]
+    groups = k // 32
+    records = torch.empty((a.shape[0], groups, RECORD_WORDS.value), dtype=torch.int32, device=a.device)
+    quantize = KernelLaunch(quantize_activations_kernel, (a.shape[0], triton.cdiv(groups, DP4A_QUANTIZE_GROUPS)),
+                            (a, records, a.shape[0], k, a.stride(0), records.stride(0)),
+                            {"GROUPS": DP4A_QUANTIZE_GROUPS, "num_warps": 4})
+    w = w_blocks.view(torch.int32)  # [E, N, K/32, 4] words: 16-byte groups stay whole
+    args = (records, w, w_scales, bias, out, *tail, records.stride(0), w.stride(0), w.stride(1),
+            w_scales.stride(0), w_scales.stride(1), bias.stride(0), out.stride(0))
+    kwargs["EMULATE"] = a.device.type != "cuda"
+    return [quantize, KernelLaunch(moe_mxfp4_gemv_dp4a_kernel, (total_tiles,), args, kwargs)]
 
 
 def swiglu_launch(h: torch.Tensor, out: torch.Tensor, config: MoeGemmConfig) -> KernelLaunch:
@@ -203,14 +222,14 @@ def mlp1_launches(
     if config.fuse_swiglu:
         if config.SPLIT_K > 1:
             raise ValueError("mlp1 with SPLIT_K > 1 needs fuse_swiglu=False (SwiGLU applies to the full K sum)")
-        return out, [gemm_launch(x, routing, w_blocks, w_scales, bias, out, config, gather_a=True,
-                                 scatter_out=False, fuse_swiglu=True, atomic_out=False)]
+        return out, gemm_launch(x, routing, w_blocks, w_scales, bias, out, config, gather_a=True,
+                                scatter_out=False, fuse_swiglu=True, atomic_out=False)
     split = config.SPLIT_K > 1
     h = (torch.zeros if split else torch.empty)((rows, n), dtype=torch.float32 if split else x.dtype,
                                                device=x.device)  # [R, N]
     return out, [
-        gemm_launch(x, routing, w_blocks, w_scales, bias, h, config, gather_a=True, scatter_out=False,
-                    fuse_swiglu=False, atomic_out=split),
+        *gemm_launch(x, routing, w_blocks, w_scales, bias, h, config, gather_a=True, scatter_out=False,
+                     fuse_swiglu=False, atomic_out=split),
         swiglu_launch(h, out, config),
     ]
 
@@ -268,8 +287,8 @@ def mlp2_launches(
     out.zero_()
     if routing.num_rows == 0:
         return out, []
-    return out, [gemm_launch(a, routing, w_blocks, w_scales, bias, out, config, gather_a=False, scatter_out=True,
-                             fuse_swiglu=False, atomic_out=True)]
+    return out, gemm_launch(a, routing, w_blocks, w_scales, bias, out, config, gather_a=False, scatter_out=True,
+                            fuse_swiglu=False, atomic_out=True)
 
 
 def moe_mlp2(

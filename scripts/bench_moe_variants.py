@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import os
 import sys
@@ -55,6 +56,10 @@ def _parse_args(argv):
     parser.add_argument("--sweep-dequant", default="", help="gemv decodes of --gemv-sweep, comma-separated "
                         "(upcast, upcast_ptx, dp4a; default: every one the device has)")
     parser.add_argument("--sweep-block-n", default="16,32,64", help="BLOCK_N values of --gemv-sweep")
+    parser.add_argument("--sweep-grid", default="{}", help='JSON replacing other --gemv-sweep values, e.g. '
+                        '\'{"num_warps": [4], "num_stages": [1]}\'')
+    parser.add_argument("--sweep-mlp1-split-k", default="1", help="SPLIT_K values of --gemv-sweep for mlp1 (above "
+                        "1 with the unfused SwiGLU, whose split sums accumulate in float32)")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes under the Triton interpreter")
     parser.add_argument("--out", help="also write the markdown report here")
     args = parser.parse_args(argv)
@@ -62,9 +67,15 @@ def _parse_args(argv):
         args.M = [int(v) for v in args.M.split(",")]
         args.sweep_M = [int(v) for v in args.sweep_M.split(",")]
         args.sweep_block_n = tuple(int(v) for v in args.sweep_block_n.split(","))
-    except ValueError:
-        parser.error(f"--M, --sweep-M and --sweep-block-n must be comma-separated integers, got {args.M!r} / "
-                     f"{args.sweep_M!r} / {args.sweep_block_n!r}")
+        args.sweep_mlp1_split_k = tuple(int(v) for v in args.sweep_mlp1_split_k.split(","))
+        args.sweep_grid = {key: tuple(int(v) for v in values) for key, values in json.loads(args.sweep_grid).items()}
+    except (ValueError, TypeError, AttributeError):
+        parser.error(f"--M, --sweep-M, --sweep-block-n and --sweep-mlp1-split-k must be comma-separated integers and "
+                     f"--sweep-grid a JSON object of integer lists, got {args.M!r} / {args.sweep_M!r} / "
+                     f"{args.sweep_block_n!r} / {args.sweep_mlp1_split_k!r} / {args.sweep_grid!r}")
+    unknown = sorted(set(args.sweep_grid) - set(GEMV_SWEEP))
+    if unknown:
+        parser.error(f"--sweep-grid: unknown keys {unknown} (known: {', '.join(GEMV_SWEEP)})")
     args.sweep_dequant = tuple(filter(None, args.sweep_dequant.split(",")))
     unknown = sorted(set(args.sweep_dequant) - set(GEMV_DECODE_ROWS))
     if unknown:
@@ -149,23 +160,27 @@ def _gemv_dequants(bench) -> tuple[str, ...]:
     return tuple(d for d in GEMV_DECODE_ROWS if dequant_supported({"dequant": d}, None, bench.profile) is None)
 
 
-def _sweep_gemv(moe, bench, variant, shape, sets, rep_ms, dequants, block_n) -> tuple[float, dict] | None:
-    """Fastest of the GEMV_SWEEP grid (BLOCK_N replaced by ``block_n``) with each of ``dequants`` at one shape
-    (configs the search space would prune are skipped)."""
+def _sweep_gemv(moe, bench, variant, shape, sets, rep_ms, dequants, block_n, mlp1_splits=(1,),
+                grid_overrides=None) -> tuple[float, dict] | None:
+    """Fastest of the GEMV_SWEEP grid (BLOCK_N replaced by ``block_n``; mlp1 split ``mlp1_splits``, unfused above 1)
+    with each of ``dequants`` at one shape (configs the search space would prune are skipped)."""
     from search_spaces import moe_gemm as space_mod
 
     space = space_mod.space(variant, shape.as_dict(), bench.profile)
     best = None
-    splits = GEMV_SWEEP_SPLIT_K if variant == "mlp2" else (1,)
-    grid = {**GEMV_SWEEP, "BLOCK_N": block_n}
+    splits = GEMV_SWEEP_SPLIT_K if variant == "mlp2" else mlp1_splits
+    grid = {**GEMV_SWEEP, "BLOCK_N": block_n, **(grid_overrides or {})}
     for values in itertools.product(*grid.values(), splits, dequants):
         params = dict(zip((*grid, "SPLIT_K", "dequant"), values))
         config = {**moe.default_config(variant, shape.as_dict(), bench.profile), "path": "gemv", "GROUP_M": 1,
                   "schedule": "grid", "programs_per_sm": 1, "BLOCK_M": 16, **params}
+        if variant == "mlp1" and params["SPLIT_K"] > 1:
+            config["fuse_swiglu"] = params["fuse_swiglu"] = False
         if space.check(config, shape.as_dict(), bench.profile) is not None:
             continue
         cfg = moe.config_from_dict(config)
         us = bench.time_us(moe, variant, sets, cfg, rep_ms)
+        print(f"  sweep {variant} M={shape.M}: {us:.1f} us {params}", flush=True)
         if best is None or us < best[0]:
             best = (us, params)
     return best
@@ -217,7 +232,7 @@ def run(args) -> list[str]:
                 print(lines[-1], flush=True)
             if args.gemv_sweep and gemv_offered(shape.as_dict()) and m in args.sweep_M:
                 best = _sweep_gemv(moe, bench, variant, shape, sets, min(args.rep_ms, 30.0), sweep_dequants,
-                                   args.sweep_block_n)
+                                   args.sweep_block_n, args.sweep_mlp1_split_k, args.sweep_grid)
                 if best is not None:
                     us, params = best
                     sweeps.append(f"| {variant} | {m} | {us:.1f} | {cost.bytes / us / 1e3:.0f} | "

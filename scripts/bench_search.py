@@ -119,7 +119,8 @@ def reduced_space(space: SearchSpace, choices: dict[str, tuple | None]) -> Searc
             kept = tuple(c for c in param.choices if c in (wanted or ()) or c == default)
         if not kept:  # the default is inactive here (e.g. SPLIT_K of a fused SwiGLU): keep the first choice
             kept = (param.choices[0],)
-        params.append(Param(param.name, kept, when=param.when, inactive=param.inactive, doc=param.doc))
+        params.append(Param(param.name, kept, when=param.when, inactive=param.inactive, doc=param.doc,
+                            implied=param.implied))
     return SearchSpace(params=tuple(params), constraints=space.constraints, default=dict(space.default),
                        coupled=space.coupled)
 
@@ -241,7 +242,8 @@ def _replay_space(case_doc: dict[str, Any]) -> SearchSpace:
     spec = registry.get(case_doc["kernel"])
     live = spec.space(case_doc["variant"], case_doc["shape"], INTERPRETER)
     by_name = {p.name: p for p in live.params}
-    params = tuple(Param(name, tuple(choices), when=by_name[name].when, inactive=by_name[name].inactive)
+    params = tuple(Param(name, tuple(choices), when=by_name[name].when, inactive=by_name[name].inactive,
+                         implied=by_name[name].implied)
                    for name, choices in case_doc["choices"].items())
     pruned = {config_hash(r["config"]): r.get("reason") or "pruned" for r in case_doc["configs"]
               if r["kind"] == "pruned"}

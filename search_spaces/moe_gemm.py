@@ -40,8 +40,8 @@ def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
     rows per expert, BLOCK_N/BLOCK_K beyond N/K), so the sampler spends no trials there (seen on the H100,
     2026-11-21: with all five BLOCK_M offered, over 90% of the decode trials were pruned for it). ``dequant`` comes
     first and ``path`` after it (the gemv decodes in registers: it exists for "upcast" and "upcast_ptx", so a config
-    naming "dot_scaled" is an MMA config; "dp4a" is offered only where the gemv is, and exists only on it: the
-    constraint :func:`dp4a_on_gemv` prunes its MMA half); the MMA-only tunables (GROUP_M, schedule) are inactive on the
+    naming "dot_scaled" is an MMA config; "dp4a" is offered only where the gemv is, exists only on it and so implies
+    ``path = "gemv"``; :func:`dp4a_on_gemv` refuses a hand-given MMA config naming it); the MMA-only tunables (GROUP_M, schedule) are inactive on the
     gemv path; where the gemv is offered it adds BLOCK_N = 16 and BLOCK_K = 512 (narrow, long programs) to the
     choices."""
     gemv = gemv_offered(shape)
@@ -53,8 +53,9 @@ def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
         Param("dequant", ("dot_scaled", "upcast", "upcast_ptx") + (("dp4a",) if gemv else ()),
               doc="tl.dot_scaled, or decode in registers (Triton ops, or inline PTX on sm_90+), or (gemv only) "
                   "int8 lookup + dp4a on exact activation byte planes"),
-        Param("path", ("mma", "gemv") if gemv else ("mma",), when=lambda c: c["dequant"] != "dot_scaled",
-              inactive="mma", doc="tensor-core tiles, or CUDA-core dot products for few rows per expert"),
+        Param("path", ("mma", "gemv") if gemv else ("mma",), when=lambda c: c["dequant"] in ("upcast", "upcast_ptx"),
+              inactive="mma", implied=(("dequant", "dp4a", "gemv"),),
+              doc="tensor-core tiles, or CUDA-core dot products for few rows per expert"),
         Param("BLOCK_M", block_m, doc="routed rows per tile (gemv: the most rows of one expert per program)"),
         Param("BLOCK_N", block_n, doc="output features per tile (mma >= 32: the fused SwiGLU halves it)"),
         Param("BLOCK_K", block_k, doc="K step, a multiple of the MXFP4 group 32"),
@@ -163,7 +164,8 @@ def dequant_supported(config, shape, device) -> str | None:
 
 
 def dp4a_on_gemv(config, shape, device) -> str | None:
-    """dp4a multiplies in int32 on CUDA cores: it exists on the gemv path only."""
+    """dp4a multiplies in int32 on CUDA cores: it exists on the gemv path only (the space never suggests otherwise;
+    this catches hand-given configs)."""
     if config["dequant"] == "dp4a" and _is_mma(config):
         return "dequant=dp4a runs on path=gemv only (int32 dot products, no MMA tile)"
     return None

@@ -49,6 +49,25 @@ def test_suggest_active_conditional_param():
     assert _space().suggest(trial) == {"schedule": "persistent", "programs_per_sm": 4, "BLOCK": 64, "split": 2}
 
 
+def test_implied_value_of_an_inactive_param():
+    # "decode" = "int" exists on path "simd" only: path is not asked then, and every way of completing a config
+    # (suggest, validate, enumerate) gives it the implied value instead of the plain inactive one.
+    from autotune.tuning.space import enumerate_configs
+
+    params = (Param("decode", ("float", "int", "scaled")),
+              Param("path", ("tile", "simd"), when=lambda c: c["decode"] == "float", inactive="tile",
+                    implied=(("decode", "int", "simd"),)))
+    space = SearchSpace(params=params, constraints=(), default={"decode": "float", "path": "tile"})
+    assert space.suggest(FixedTrial({"decode": "int"})) == {"decode": "int", "path": "simd"}
+    assert space.suggest(FixedTrial({"decode": "scaled"})) == {"decode": "scaled", "path": "tile"}
+    assert space.validate({"decode": "int"}) == {"decode": "int", "path": "simd"}
+    assert enumerate_configs(params, 100) == [{"decode": "float", "path": "tile"}, {"decode": "float", "path": "simd"},
+                                              {"decode": "int", "path": "simd"}, {"decode": "scaled", "path": "tile"}]
+    plain = SearchSpace(params=(params[0], Param("path", ("tile", "simd"), when=params[1].when, inactive="tile")),
+                        constraints=(), default=space.default)
+    assert plain.signature() != space.signature()  # an edited implication starts new studies
+
+
 def test_suggest_with_sampler_stores_only_active_params():
     space = _space()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))

@@ -19,7 +19,7 @@ import torch
 
 from kernels import moe_gemm
 from kernels.moe_gemm import MoeGemmConfig, MoeShape, launch, launches, make_inputs, reference, tolerance
-from kernels.moe_gemm.inputs import MoeGemmInputs
+from kernels.moe_gemm.inputs import MoeGemmInputs, make_empty_inputs
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -699,11 +699,14 @@ def test_dp4a_is_gemv_only():
     with pytest.raises(ValueError, match="dp4a"):
         MoeGemmConfig(path="mma", dequant="dp4a")
     inputs = make_inputs("mlp1", MoeShape(M=2, N=64, K=64, E=2, top_k=1), dtype=torch.float16, device=DEVICE, seed=0)
-    _, plan = launches("mlp1", inputs, MoeGemmConfig(path="gemv", BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=1,
-                                                     dequant="dp4a"))
+    config = MoeGemmConfig(path="gemv", BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=1, dequant="dp4a")
+    _, plan = launches("mlp1", inputs, config)
     assert [p.kernel.__name__ for p in plan] == ["quantize_activations_kernel", "moe_mxfp4_gemv_dp4a_kernel"]
     assert plan[0].grid == (2, 1)  # one program per token row (K = 64: 2 groups, one program of 16)
-    assert plan[1].kwargs["EMULATE"] == (DEVICE != "cuda")
+    assert plan[1].kwargs["EMULATE"] == (DEVICE == "cpu")
+    _, plan = launches("mlp1", make_empty_inputs("mlp1", MoeShape(M=2, N=64, K=64, E=2, top_k=1),
+                                                 dtype=torch.bfloat16), config)
+    assert plan[1].kwargs["EMULATE"] is False  # meta tensors plan a GPU compile (e.g. offline for sm_121)
 
 
 # On the GPU: the inline PTX at the real widths (mlp1 M=1 with the fused epilogue, mlp2 split-K, mlp1 unfused) in

@@ -192,16 +192,23 @@ def test_gemv_suggestions_are_constructible(variant):
             assert (config["GROUP_M"], config["schedule"]) == (1, "grid")
         if config["dequant"] == "dot_scaled":  # path only chosen with a register decode
             assert "path" not in trial.params and config["path"] == "mma"
+        if config["dequant"] == "dp4a":  # a gemv-only decode: it implies the path
+            assert "path" not in trial.params and config["path"] == "gemv"
         study.tell(trial, 1.0)
     assert paths == {("mma", "dot_scaled"), ("mma", "upcast"), ("mma", "upcast_ptx"), ("gemv", "upcast"),
-                     ("gemv", "upcast_ptx")}
+                     ("gemv", "upcast_ptx"), ("gemv", "dp4a")}
 
 
 def test_gemv_register_and_split_k_limits():
     shape = gpt_oss_shape("mlp1", 1, 32)
     gemv = _base(path="gemv", BLOCK_N=256, BLOCK_K=512, num_warps=4)
     reason = space_mod.gemv_tile_fits_registers(gemv, shape, H100_LIKE)
-    assert reason is not None and "1024 float32 weights per thread > 128" in reason
+    assert reason is not None and "1024 registers of decoded weights per thread > 128" in reason
+    # dp4a holds 8 codes and their 2 sums in 3 registers: the same tile needs 384; 256 x 256 needs 192 (pruned),
+    # 128 x 256 needs 96 (kept)
+    dp4a = _base(path="gemv", BLOCK_N=256, BLOCK_K=256, num_warps=4, dequant="dp4a")
+    assert "192 registers" in space_mod.gemv_tile_fits_registers(dp4a, shape, H100_LIKE)
+    assert space_mod.gemv_tile_fits_registers({**dp4a, "BLOCK_N": 128}, shape, H100_LIKE) is None
     assert space_mod.gemv_tile_fits_registers(_base(path="gemv", BLOCK_N=64, BLOCK_K=256), shape, H100_LIKE) is None
     assert space_mod.gemv_tile_fits_registers(_base(BLOCK_N=256, BLOCK_K=512), shape, H100_LIKE) is None  # mma
     # mlp2 M=1: 4 x 2880/64 = 180 tiles: split-K stays useful for the gemv (< 16 per SM; the MMA rule of 2 waves

@@ -66,7 +66,8 @@ def config_problem(kernel: str, variant: str, shape: Mapping[str, int], config: 
     except (TypeError, ValueError, KeyError, ZeroDivisionError) as exc:
         return f"invalid shape for the search space: {exc}"
     for param in space.params:
-        kinds = {type(choice) for choice in param.choices} | ({type(param.inactive)} if param.when else set())
+        kinds = {type(choice) for choice in param.choices} | (
+            {type(param.inactive)} | {type(value) for _, _, value in param.implied} if param.when else set())
         if param.name in config and type(config[param.name]) not in kinds:
             want = " or ".join(sorted(k.__name__ for k in kinds))
             return f"invalid config: {param.name}={config[param.name]!r} is a {_type_of(config[param.name])}, " \

@@ -35,6 +35,9 @@ class Param:
         when: predicate on the values chosen before this one; None means always active.
         inactive: the value used when ``when`` is false.
         doc: one line on what it changes.
+        implied: ``(earlier_name, earlier_value, value)`` triples: when the parameter is inactive and an earlier
+            parameter took ``earlier_value``, its value is ``value`` instead of ``inactive`` (e.g. moe_gemm's
+            ``dequant = "dp4a"`` exists only on ``path = "gemv"``, so it fixes the path).
     """
 
     name: str
@@ -42,10 +45,18 @@ class Param:
     when: Callable[[Mapping[str, Any]], bool] | None = None
     inactive: Any = None
     doc: str = ""
+    implied: tuple = ()
 
     def active(self, chosen: Mapping[str, Any]) -> bool:
         """Whether this parameter applies given the earlier choices."""
         return self.when is None or bool(self.when(chosen))
+
+    def inactive_value(self, chosen: Mapping[str, Any]) -> Any:
+        """The value of this parameter when it is inactive, given the earlier choices (see ``implied``)."""
+        for earlier, earlier_value, value in self.implied:
+            if chosen.get(earlier) == earlier_value:
+                return value
+        return self.inactive
 
 
 def _is_choice(value: Any, choices: Sequence) -> bool:
@@ -96,7 +107,7 @@ class SearchSpace:
             if param.active(config):
                 config[param.name] = trial.suggest_categorical(param.name, list(param.choices))
             else:
-                config[param.name] = param.inactive
+                config[param.name] = param.inactive_value(config)
         return config
 
     def optuna_params(self, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,7 +136,7 @@ class SearchSpace:
         full: Config = {}
         for param in self.params:
             if not param.active(full):
-                full[param.name] = param.inactive
+                full[param.name] = param.inactive_value(full)
                 continue
             if param.name in config:
                 value = config[param.name]
@@ -149,7 +160,8 @@ class SearchSpace:
     def signature(self) -> str:
         """Short hash of the parameters and their choices. Optuna refuses a categorical whose choices changed inside
         one study, so a study belongs to one signature: an edited space starts a new study."""
-        spec = [(p.name, [repr(c) for c in p.choices], repr(p.inactive)) for p in self.params]
+        spec = [(p.name, [repr(c) for c in p.choices], repr(p.inactive), *([repr(p.implied)] if p.implied else []))
+                for p in self.params]
         return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:6]
 
 
@@ -180,6 +192,6 @@ def enumerate_configs(params: Sequence[Param], limit: int) -> list[Config] | Non
             if param.active(partial):
                 grown.extend({**partial, param.name: choice} for choice in param.choices)
             else:
-                grown.append({**partial, param.name: param.inactive})
+                grown.append({**partial, param.name: param.inactive_value(partial)})
         configs = grown
     return configs

@@ -22,6 +22,13 @@ index. With tables holding ``16 + 2·|v|`` and ``16 - 2·|v|`` (all below 128, s
 ``16 + 2v`` (4..28, an unsigned byte) for every code: 2 prmt, 1 xor, 1 or per 4 codes, no masking. The bias 16 comes
 back out through ``16 · Σ q`` per group (computed once per activation group), the factor 2 through the scale.
 Per 8 weights: 9 lookup instructions, 6 dp4a (3 planes x 2), 1 mad.
+
+Measured on the H200 (2026-12-03, scripts/results/2026-12-03-h200-moe-variants-dp4a.md and the ncu record beside it):
+exact as designed (mlp2 row error 1.2e-7) but not faster than the float gemv: mlp1 M = 1 29.9 us at best (the
+inline-PTX float decode 31.2), mlp2 M = 1 19.6 (19.1). With the instructions gone, ncu shows the loads as the limit
+(62% of the stall cycles on long scoreboard, DRAM 26%): each thread loads a 24-word activation record per (row,
+group) pair it owns, 6x the bytes of the 4 code words it multiplies, which fills registers and L1 instead of
+keeping weight bytes in flight. Offered to the tuner (gemv path, sm_61+), not a default.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.moe_gemm.triton_kernels import _epilogue, _row_block, _segment_table, e8m0_factor
+from kernels.moe_gemm.triton_kernels import _epilogue, _gemv_rows, _gemv_schedule, e8m0_factor
 
 LOOKUP_DOT_ASM = r"""
 {
@@ -231,19 +238,12 @@ def moe_mxfp4_gemv_dp4a_kernel(
     multiplies the ``[BLOCK_N, BLOCK_K/32, 4]`` words of codes with the row's planes in int32 (:func:`group_dots`)
     and scales each group's sum in float32.
     """
-    pid = tl.program_id(0)
-    num_n_blocks = tl.cdiv(N, BLOCK_N)
-    pid_n = pid % num_n_blocks
-    split = (pid // num_n_blocks) % SPLIT_K
-    pid_m = pid // (num_n_blocks * SPLIT_K)
-    e_idx, seg_start, seg_end, seg_blocks, blocks_through, real_m_blocks = _segment_table(
-        expert_offsets_ptr, NUM_EXPERTS, EXPERTS_POW2, BLOCK_M)
+    (pid_m, pid_n, split, k_first, k_stop, e_idx, seg_start, seg_end, seg_blocks, blocks_through,
+     real_m_blocks) = _gemv_schedule(tl.program_id(0), N, K, expert_offsets_ptr, NUM_EXPERTS, EXPERTS_POW2, BLOCK_M,
+                                     BLOCK_N, BLOCK_K, SPLIT_K)
     if pid_m < real_m_blocks:
-        expert, row_begin, row_end = _row_block(pid_m, e_idx, seg_start, seg_end, seg_blocks, blocks_through,
-                                                BLOCK_M)
-        m_ids = tl.arange(0, BLOCK_M)
-        rows = row_begin + m_ids  # [BM]
-        row_mask = rows < row_end
+        expert, m_ids, rows, row_mask, a_rows, num_rows = _gemv_rows(
+            pid_m, e_idx, seg_start, seg_end, seg_blocks, blocks_through, row_token_ptr, GATHER_A, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
         n_mask = offs_n < N
         GROUPS: tl.constexpr = BLOCK_K // 32
@@ -255,15 +255,6 @@ def moe_mxfp4_gemv_dp4a_kernel(
         s_ptrs = (s_ptr + expert.to(tl.int64) * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
                   + offs_g[None, :])  # [BN, G]
         num_groups = K // 32
-        k_tiles = tl.cdiv(K, BLOCK_K)
-        k_tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
-        k_first = split * k_tiles_per_split
-        k_stop = tl.minimum(k_first + k_tiles_per_split, k_tiles)
-        if GATHER_A:
-            a_rows = tl.load(row_token_ptr + rows, mask=row_mask, other=0)
-        else:
-            a_rows = rows
-        num_rows = tl.minimum(row_end - row_begin, BLOCK_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for m in range(num_rows):  # rows outside, K inside, as the float gemv
             a_row = tl.sum(tl.where(m_ids == m, a_rows, 0), axis=0)

@@ -154,8 +154,8 @@ def _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks
     """The :func:`moe_mxfp4_gemv_kernel` launch of ``config.path == "gemv"`` (arguments as :func:`gemm_launch`), or
     for ``dequant="dp4a"`` the activation pre-pass :func:`kernels.moe_gemm.gemv_dp4a.quantize_activations_kernel`
     (``[rows of a, K/32, 32]`` int32 records) and :func:`kernels.moe_gemm.gemv_dp4a.moe_mxfp4_gemv_dp4a_kernel` (the
-    codes as int32 words; off CUDA the Triton-op twin of its inline PTX): one program per (row block, N block,
-    K slice), no persistent schedule."""
+    codes as int32 words; on CPU tensors, i.e. under the interpreter, the Triton-op twin of its inline PTX): one
+    program per (row block, N block, K slice), no persistent schedule."""
     num_experts, n = w_blocks.shape[0], w_blocks.shape[1]
     k = a.shape[1]
     kwargs = {
@@ -179,7 +179,7 @@ def _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks
     w = w_blocks.view(torch.int32)  # [E, N, K/32, 4] words: 16-byte groups stay whole
     args = (records, w, w_scales, bias, out, *tail, records.stride(0), w.stride(0), w.stride(1),
             w_scales.stride(0), w_scales.stride(1), bias.stride(0), out.stride(0))
-    kwargs["EMULATE"] = a.device.type != "cuda"
+    kwargs["EMULATE"] = a.device.type == "cpu"  # the interpreter; "meta" tensors plan a GPU compile
     return [quantize, KernelLaunch(moe_mxfp4_gemv_dp4a_kernel, (total_tiles,), args, kwargs)]
 
 

@@ -114,6 +114,44 @@ def _row_block(pid_m, e_idx, seg_start, seg_end, seg_blocks, blocks_through, BLO
 
 
 @triton.jit
+def _gemv_schedule(pid, N, K, expert_offsets_ptr, NUM_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """What gemv program ``pid`` owns: ``(pid_m, pid_n, split, k_first, k_stop, e_idx, seg_start, seg_end,
+    seg_blocks, blocks_through, real_m_blocks)``: row block ``pid_m`` (real when below ``real_m_blocks``), N block
+    ``pid_n``, K slice ``split`` = K tiles ``[k_first, k_stop)``, then the :func:`_segment_table` values (flat: the
+    oldest supported Triton, 3.6, is where this must compile)."""
+    num_n_blocks = tl.cdiv(N, BLOCK_N)
+    pid_n = pid % num_n_blocks
+    split = (pid // num_n_blocks) % SPLIT_K
+    pid_m = pid // (num_n_blocks * SPLIT_K)
+    e_idx, seg_start, seg_end, seg_blocks, blocks_through, real_m_blocks = _segment_table(
+        expert_offsets_ptr, NUM_EXPERTS, EXPERTS_POW2, BLOCK_M)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    k_tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
+    k_first = split * k_tiles_per_split
+    k_stop = tl.minimum(k_first + k_tiles_per_split, k_tiles)
+    return (pid_m, pid_n, split, k_first, k_stop, e_idx, seg_start, seg_end, seg_blocks, blocks_through,
+            real_m_blocks)
+
+
+@triton.jit
+def _gemv_rows(pid_m, e_idx, seg_start, seg_end, seg_blocks, blocks_through, row_token_ptr,
+               GATHER_A: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The rows of a real gemv row block: ``(expert, m_ids, rows, row_mask, a_rows, num_rows)`` (``a_rows``: the
+    activation row of each sorted row, its token when GATHER_A; ``num_rows``: the real rows, at most BLOCK_M)."""
+    expert, row_begin, row_end = _row_block(pid_m, e_idx, seg_start, seg_end, seg_blocks, blocks_through, BLOCK_M)
+    m_ids = tl.arange(0, BLOCK_M)
+    rows = row_begin + m_ids  # [BM]
+    row_mask = rows < row_end
+    if GATHER_A:
+        a_rows = tl.load(row_token_ptr + rows, mask=row_mask, other=0)
+    else:
+        a_rows = rows
+    num_rows = tl.minimum(row_end - row_begin, BLOCK_M)
+    return expert, m_ids, rows, row_mask, a_rows, num_rows
+
+
+@triton.jit
 def _epilogue(acc, rows, row_mask, offs_n, n_mask, pid_n, split, expert, bias_ptr, out_ptr, row_token_ptr,
               row_gate_ptr, N, stride_be, stride_om,
               SCATTER_OUT: tl.constexpr, FUSE_SWIGLU: tl.constexpr, ATOMIC_OUT: tl.constexpr,
@@ -282,19 +320,12 @@ def moe_mxfp4_gemv_kernel(
     Measured on the H200 (2026-12-02, scripts/results/2026-12-02-h200-moe-variants-run3-gemv-ptx.md): 10-14% faster
     for mlp1 at M = 1..8, 31% slower for mlp2 at M = 1 (SPLIT_K = 2) at the gemv default tiles; left to the tuner.
     """
-    pid = tl.program_id(0)
-    num_n_blocks = tl.cdiv(N, BLOCK_N)
-    pid_n = pid % num_n_blocks
-    split = (pid // num_n_blocks) % SPLIT_K
-    pid_m = pid // (num_n_blocks * SPLIT_K)
-    e_idx, seg_start, seg_end, seg_blocks, blocks_through, real_m_blocks = _segment_table(
-        expert_offsets_ptr, NUM_EXPERTS, EXPERTS_POW2, BLOCK_M)
+    (pid_m, pid_n, split, k_first, k_stop, e_idx, seg_start, seg_end, seg_blocks, blocks_through,
+     real_m_blocks) = _gemv_schedule(tl.program_id(0), N, K, expert_offsets_ptr, NUM_EXPERTS, EXPERTS_POW2, BLOCK_M,
+                                     BLOCK_N, BLOCK_K, SPLIT_K)
     if pid_m < real_m_blocks:
-        expert, row_begin, row_end = _row_block(pid_m, e_idx, seg_start, seg_end, seg_blocks, blocks_through,
-                                                BLOCK_M)
-        m_ids = tl.arange(0, BLOCK_M)
-        rows = row_begin + m_ids  # [BM]
-        row_mask = rows < row_end
+        expert, m_ids, rows, row_mask, a_rows, num_rows = _gemv_rows(
+            pid_m, e_idx, seg_start, seg_end, seg_blocks, blocks_through, row_token_ptr, GATHER_A, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
         n_mask = offs_n < N
         GROUPS: tl.constexpr = BLOCK_K // 32
@@ -306,15 +337,6 @@ def moe_mxfp4_gemv_kernel(
                   + offs_g[None, :])  # [BN, G]
         a_offs = offs_g[:, None, None] * 32 + offs_j[None, :, None] * 2 + tl.arange(0, 2)[None, None, :]  # [G,16,2]
         num_groups = K // 32
-        k_tiles = tl.cdiv(K, BLOCK_K)
-        k_tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
-        k_first = split * k_tiles_per_split
-        k_stop = tl.minimum(k_first + k_tiles_per_split, k_tiles)
-        if GATHER_A:
-            a_rows = tl.load(row_token_ptr + rows, mask=row_mask, other=0)  # [BM] activation row of each row
-        else:
-            a_rows = rows
-        num_rows = tl.minimum(row_end - row_begin, BLOCK_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         # Rows outside, K inside: the K loop keeps its partial sums in the layout of the decoded weights (no
         # cross-thread reduction or layout change per step) and runs over the real rows only; a second row decodes

@@ -41,9 +41,9 @@ def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
     2026-11-21: with all five BLOCK_M offered, over 90% of the decode trials were pruned for it). ``dequant`` comes
     first and ``path`` after it (the gemv decodes in registers: it exists for "upcast" and "upcast_ptx", so a config
     naming "dot_scaled" is an MMA config; "dp4a" is offered only where the gemv is, exists only on it and so implies
-    ``path = "gemv"``; :func:`dp4a_on_gemv` refuses a hand-given MMA config naming it); the MMA-only tunables (GROUP_M, schedule) are inactive on the
-    gemv path; where the gemv is offered it adds BLOCK_N = 16 and BLOCK_K = 512 (narrow, long programs) to the
-    choices."""
+    ``path = "gemv"``, and :class:`kernels.moe_gemm.config.MoeGemmConfig` refuses a hand-given MMA config naming it);
+    the MMA-only tunables (GROUP_M, schedule) are inactive on the gemv path; where the gemv is offered it adds
+    BLOCK_N = 16 and BLOCK_K = 512 (narrow, long programs) to the choices."""
     gemv = gemv_offered(shape)
     block_m = tuple(b for b in POW2_TILES if b <= block_m_limit(shape))
     block_n = tuple(b for b in POW2_TILES if (16 if gemv else 32) <= b <= max(32, next_pow2(shape["N"])))
@@ -163,14 +163,6 @@ def dequant_supported(config, shape, device) -> str | None:
     return None
 
 
-def dp4a_on_gemv(config, shape, device) -> str | None:
-    """dp4a multiplies in int32 on CUDA cores: it exists on the gemv path only (the space never suggests otherwise;
-    this catches hand-given configs)."""
-    if config["dequant"] == "dp4a" and _is_mma(config):
-        return "dequant=dp4a runs on path=gemv only (int32 dot products, no MMA tile)"
-    return None
-
-
 MAX_REGISTERS_PER_THREAD = 255
 """NVIDIA's per-thread register limit (CUDA C Programming Guide, compute capabilities table)."""
 
@@ -189,7 +181,7 @@ def accumulator_fits_registers(config, shape, device) -> str | None:
     return None
 
 
-CONSTRAINTS = (dp4a_on_gemv, tile_fits_problem, block_m_fits_rows, split_k_useful, accumulator_fits_registers,
+CONSTRAINTS = (tile_fits_problem, block_m_fits_rows, split_k_useful, accumulator_fits_registers,
                gemv_tile_fits_registers, fits_shared_memory, dequant_supported)
 
 

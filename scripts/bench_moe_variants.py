@@ -76,6 +76,7 @@ def _parse_args(argv):
     unknown = sorted(set(args.sweep_grid) - set(GEMV_SWEEP))
     if unknown:
         parser.error(f"--sweep-grid: unknown keys {unknown} (known: {', '.join(GEMV_SWEEP)})")
+    args.sweep_grid = {**GEMV_SWEEP, "BLOCK_N": args.sweep_block_n, **args.sweep_grid}  # the --gemv-sweep grid
     args.sweep_dequant = tuple(filter(None, args.sweep_dequant.split(",")))
     unknown = sorted(set(args.sweep_dequant) - set(GEMV_DECODE_ROWS))
     if unknown:
@@ -160,16 +161,15 @@ def _gemv_dequants(bench) -> tuple[str, ...]:
     return tuple(d for d in GEMV_DECODE_ROWS if dequant_supported({"dequant": d}, None, bench.profile) is None)
 
 
-def _sweep_gemv(moe, bench, variant, shape, sets, rep_ms, dequants, block_n, mlp1_splits=(1,),
-                grid_overrides=None) -> tuple[float, dict] | None:
-    """Fastest of the GEMV_SWEEP grid (BLOCK_N replaced by ``block_n``; mlp1 split ``mlp1_splits``, unfused above 1)
-    with each of ``dequants`` at one shape (configs the search space would prune are skipped)."""
+def _sweep_gemv(moe, bench, variant, shape, sets, rep_ms, dequants, grid,
+                mlp1_splits=(1,)) -> tuple[float, dict] | None:
+    """Fastest of ``grid`` (:data:`GEMV_SWEEP`'s keys; mlp1 split ``mlp1_splits``, unfused above 1) with each of
+    ``dequants`` at one shape (configs the search space would prune are skipped)."""
     from search_spaces import moe_gemm as space_mod
 
     space = space_mod.space(variant, shape.as_dict(), bench.profile)
     best = None
     splits = GEMV_SWEEP_SPLIT_K if variant == "mlp2" else mlp1_splits
-    grid = {**GEMV_SWEEP, "BLOCK_N": block_n, **(grid_overrides or {})}
     for values in itertools.product(*grid.values(), splits, dequants):
         params = dict(zip((*grid, "SPLIT_K", "dequant"), values))
         config = {**moe.default_config(variant, shape.as_dict(), bench.profile), "path": "gemv", "GROUP_M": 1,
@@ -232,7 +232,7 @@ def run(args) -> list[str]:
                 print(lines[-1], flush=True)
             if args.gemv_sweep and gemv_offered(shape.as_dict()) and m in args.sweep_M:
                 best = _sweep_gemv(moe, bench, variant, shape, sets, min(args.rep_ms, 30.0), sweep_dequants,
-                                   args.sweep_block_n, args.sweep_mlp1_split_k, args.sweep_grid)
+                                   args.sweep_grid, args.sweep_mlp1_split_k)
                 if best is not None:
                     us, params = best
                     sweeps.append(f"| {variant} | {m} | {us:.1f} | {cost.bytes / us / 1e3:.0f} | "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from autotune.tuning.space import Param, SearchSpace, next_pow2
-from kernels.moe_gemm.config import GEMV_MAX_BLOCK_M
+from kernels.moe_gemm.config import DP4A_MIN_CAPABILITY, GEMV_MAX_BLOCK_M
 from kernels.moe_gemm.heuristics import (
     default_config,
     estimated_shared_bytes,
@@ -113,7 +113,9 @@ def tile_fits_problem(config, shape, device) -> str | None:
 GEMV_MAX_DECODED_PER_THREAD = 128
 """Most registers of decoded weights a gemv thread holds per K step: half the 255-register limit, leaving the rest
 for the products, activations and addresses. The float decodes hold one float32 per weight (BLOCK_N·BLOCK_K /
-threads); dp4a holds a word of 8 codes and its two int32 sums (3 registers per 8 weights)."""
+threads); dp4a holds, per 32-weight group of a row, 4 code words, their 8 int32 lookup sums and the partial sums:
+about 27 registers (sm_90 SASS of the mlp1 kernel, BLOCK_K 512, 4 warps: 72 / 124 / 247 registers at 2 / 4 / 8 rows
+per thread, i.e. BLOCK_N 16 / 32 / 64)."""
 
 
 def gemv_tile_fits_registers(config, shape, device) -> str | None:
@@ -121,7 +123,7 @@ def gemv_tile_fits_registers(config, shape, device) -> str | None:
     if _is_mma(config):
         return None
     weights = config["BLOCK_N"] * config["BLOCK_K"] // (32 * config["num_warps"])
-    per_thread = weights * 3 // 8 if config["dequant"] == "dp4a" else weights
+    per_thread = weights * 27 // 32 if config["dequant"] == "dp4a" else weights
     if per_thread > GEMV_MAX_DECODED_PER_THREAD:
         return (f"gemv tile {config['BLOCK_N']}x{config['BLOCK_K']} over {config['num_warps']} warps holds "
                 f"{per_thread} registers of decoded weights per thread > {GEMV_MAX_DECODED_PER_THREAD}")
@@ -146,10 +148,6 @@ def split_k_useful(config, shape, device) -> str | None:
         return (f"SPLIT_K={split} with {tiles} tiles >= {waves} programs per SM on {device.sm_count} SMs: atomics "
                 "for no parallelism")
     return None
-
-
-DP4A_MIN_CAPABILITY = (6, 1)
-"""``dp4a`` exists from sm_61 on (PTX ISA, "Integer Arithmetic Instructions: dp4a")."""
 
 
 def dequant_supported(config, shape, device) -> str | None:

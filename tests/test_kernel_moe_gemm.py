@@ -622,14 +622,19 @@ def test_default_config_picks_gemv_for_few_rows_per_expert():
     from autotune.device import GB10
 
     for variant in ("mlp1", "mlp2"):
-        # gemv up to R = M·top_k = 8 routed rows (the H200 crossover, kernels.moe_gemm.heuristics.GEMV_MAX_ROWS)
-        for m, experts, path in ((1, 32, "gemv"), (2, 32, "gemv"), (4, 32, "mma"), (1, 128, "gemv"),
-                                 (16, 128, "mma"), (2048, 32, "mma")):
-            shape = MoeShape.for_variant(variant, M=m, hidden=2880, intermediate=2880, E=experts, top_k=4)
-            config = moe_gemm.default_config(variant, shape.as_dict(), GB10)
-            assert config["path"] == path, (variant, m, experts, config)
-            cfg = MoeGemmConfig(**config)
-            assert not (variant == "mlp1" and cfg.fuse_swiglu and cfg.SPLIT_K > 1)
+        # On a GPU with dp4a (GB10: sm_121) the dp4a gemv up to R = M·top_k = 32 routed rows (DP4A_GEMV_MAX_ROWS,
+        # the H200 crossover); without a device (the interpreter) the float gemv up to R = 8 (GEMV_MAX_ROWS).
+        for device, dequant, cases in (
+                (GB10, "dp4a", ((1, 32, "gemv"), (8, 32, "gemv"), (16, 32, "mma"), (1, 128, "gemv"),
+                                (16, 128, "mma"), (2048, 32, "mma"))),
+                (None, "upcast", ((2, 32, "gemv"), (4, 32, "mma")))):
+            for m, experts, path in cases:
+                shape = MoeShape.for_variant(variant, M=m, hidden=2880, intermediate=2880, E=experts, top_k=4)
+                config = moe_gemm.default_config(variant, shape.as_dict(), device)
+                assert config["path"] == path, (variant, m, experts, config)
+                assert path == "mma" or config["dequant"] == dequant, config
+                cfg = MoeGemmConfig(**config)
+                assert not (variant == "mlp1" and cfg.fuse_swiglu and cfg.SPLIT_K > 1)
 
 
 _GPU_GEMV_CASES = [dataclasses.replace(c, dtype=torch.bfloat16) for c in _GEMV_REAL] + [
@@ -655,6 +660,10 @@ _DP4A += [
         path="gemv", BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, GROUP_M=1, SPLIT_K=2, fuse_swiglu=False, dequant="dp4a")),
     Case("mlp2", M=40, N=160, K=160, E=5, top_k=2, seed=711, config=dict(
         path="gemv", BLOCK_M=8, BLOCK_N=64, BLOCK_K=128, GROUP_M=1, dequant="dp4a")),
+    # One warp over 2 groups covers 16 rows: each thread holds 4 rows of a 64-row block (N = 160: the last block
+    # is part masked), the rows-in-thread reuse of one activation record.
+    Case("mlp1", M=9, N=160, K=96, E=3, top_k=2, seed=712, config=dict(
+        path="gemv", BLOCK_M=4, BLOCK_N=64, BLOCK_K=64, GROUP_M=1, num_warps=1, dequant="dp4a")),
 ]
 _DP4A_FP32 = [Case(variant, M=7, N=96, K=96, E=3, top_k=3, dtype=torch.float32, seed=720 + i, config=dict(
     path="gemv", BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, GROUP_M=1, dequant="dp4a"))
@@ -704,6 +713,9 @@ def test_dp4a_is_gemv_only():
     assert [p.kernel.__name__ for p in plan] == ["quantize_activations_kernel", "moe_mxfp4_gemv_dp4a_kernel"]
     assert plan[0].grid == (2, 1)  # one program per token row (K = 64: 2 groups, one program of 16)
     assert plan[1].kwargs["EMULATE"] == (DEVICE == "cpu")
+    assert plan[1].kwargs["SUB_N"] == 16  # 4 warps over one group: 128 rows' worth of threads, capped at BLOCK_N
+    wide = dataclasses.replace(config, BLOCK_N=64, BLOCK_K=512, num_warps=2)
+    assert launches("mlp1", inputs, wide)[1][1].kwargs["SUB_N"] == 4  # 64 threads over 16 groups: 16 rows in-thread
     _, plan = launches("mlp1", make_empty_inputs("mlp1", MoeShape(M=2, N=64, K=64, E=2, top_k=1),
                                                  dtype=torch.bfloat16), config)
     assert plan[1].kwargs["EMULATE"] is False  # meta tensors plan a GPU compile (e.g. offline for sm_121)

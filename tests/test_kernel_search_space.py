@@ -204,11 +204,11 @@ def test_gemv_register_and_split_k_limits():
     gemv = _base(path="gemv", BLOCK_N=256, BLOCK_K=512, num_warps=4)
     reason = space_mod.gemv_tile_fits_registers(gemv, shape, H100_LIKE)
     assert reason is not None and "1024 registers of decoded weights per thread > 128" in reason
-    # dp4a holds 8 codes and their 2 sums in 3 registers: the same tile needs 384; 256 x 256 needs 192 (pruned),
-    # 128 x 256 needs 96 (kept)
-    dp4a = _base(path="gemv", BLOCK_N=256, BLOCK_K=256, num_warps=4, dequant="dp4a")
-    assert "192 registers" in space_mod.gemv_tile_fits_registers(dp4a, shape, H100_LIKE)
-    assert space_mod.gemv_tile_fits_registers({**dp4a, "BLOCK_N": 128}, shape, H100_LIKE) is None
+    # dp4a holds about 27 registers per 32-weight group of a row: 32 x 512 over 4 warps (4 rows of one group per
+    # thread) needs 108 (kept; 124 in the sm_90 SASS), 64 x 512 needs 216 (pruned; 247 in the SASS)
+    dp4a = _base(path="gemv", BLOCK_N=64, BLOCK_K=512, num_warps=4, dequant="dp4a")
+    assert "216 registers" in space_mod.gemv_tile_fits_registers(dp4a, shape, H100_LIKE)
+    assert space_mod.gemv_tile_fits_registers({**dp4a, "BLOCK_N": 32}, shape, H100_LIKE) is None
     assert space_mod.gemv_tile_fits_registers(_base(path="gemv", BLOCK_N=64, BLOCK_K=256), shape, H100_LIKE) is None
     assert space_mod.gemv_tile_fits_registers(_base(BLOCK_N=256, BLOCK_K=512), shape, H100_LIKE) is None  # mma
     # mlp2 M=1: 4 x 2880/64 = 180 tiles: split-K stays useful for the gemv (< 16 per SM; the MMA rule of 2 waves

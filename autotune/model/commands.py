@@ -144,7 +144,10 @@ def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int |
         raise UserError(f"--out {out}: name the markdown report (e.g. bench.md); its JSON twin goes beside it")
     config, weights, described = bench_weights(checkpoint, random, layers, seed)
     device = weights["embedding.weight"].device
-    longest = max(n for _, n, _ in plan) + 2
+    # --profile also runs a prefill of the longest pp test (512 tokens without one): the RoPE table and KV caches
+    # must hold it too.
+    profile_pp = max((n for k, n, _ in plan if k == "pp"), default=512)
+    longest = max([n for _, n, _ in plan] + ([profile_pp] if profile else [])) + 2
     copy_gbps = mm_tflops = None
     if device.type == "cuda":
         from autotune.device.peaks import measure_peaks
@@ -180,7 +183,7 @@ def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int |
     lines = _bench_report(plan, settings, described, device, copy_gbps, mm_tflops)
     if profile:
         model = settings["table"][0]
-        pp = max((n for k, n, _ in plan if k == "pp"), default=512)
+        pp = profile_pp
         tg = max((n for k, n, _ in plan if k == "tg"), default=32)
         for title, kwargs in ((f"decode step (batch 1, context {tg})", dict(decode=True, tokens=1, context=tg)),
                               (f"prefill of {pp} tokens", dict(decode=False, tokens=pp, context=pp))):

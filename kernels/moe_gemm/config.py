@@ -12,6 +12,9 @@ sum over the top-k."""
 
 SCHEDULES = ("grid", "persistent")
 DEQUANT_PATHS = ("dot_scaled", "upcast", "upcast_ptx", "dp4a")
+DP4A_MIN_CAPABILITY = (6, 1)
+"""``dp4a`` exists from sm_61 on (PTX ISA, "Integer Arithmetic Instructions: dp4a")."""
+
 PATHS = ("mma", "gemv")
 """Kernel designs: "mma" (BLOCK_M x BLOCK_N tiles through the tensor cores, BLOCK_M >= 16 rows, padded when an
 expert has fewer) and "gemv" (CUDA-core dot products for few rows per expert: BLOCK_M in 1..16 rows, no padding to an

@@ -93,9 +93,9 @@ def _plane_bytes(word0, word1, SIGNED: tl.constexpr):
 @triton.jit
 def _lookup_dot_emulated(codes, hi0, hi1, mid0, mid1, lo0, lo1):
     """Triton-op twin of :data:`LOOKUP_DOT_ASM` for the interpreter: ``codes`` and the activation words
-    ``[BN, G, 4]``; the same int32 results (both compute the same exact integer sums)."""
+    ``[N', G, 4]`` int32; the same int32 results (both compute the same exact integer sums)."""
     x = codes.to(tl.uint32, bitcast=True)
-    c = ((x[:, :, :, None] >> (tl.arange(0, 8) * 4).to(tl.uint32)) & 0xF).to(tl.int32)  # [BN, G, 4, 8] codes
+    c = ((x[:, :, :, None] >> (tl.arange(0, 8) * 4).to(tl.uint32)) & 0xF).to(tl.int32)  # [N', G, 4, 8] codes
     idx = c & 7
     e = idx >> 1
     m = idx & 1
@@ -183,50 +183,61 @@ def group_dots(codes, scales, rec, mask, EMULATE: tl.constexpr):
     """Dot products of weight groups with the activation groups of their K positions.
 
     Args:
-        codes: ``[BN, G, 4]`` int32: the 16 bytes (32 e2m1 codes) of each group as 4 words.
-        scales: ``[BN, G]`` uint8 e8m0.
-        rec: ``[BN, G]`` pointers to each group's activation record (:data:`RECORD_WORDS`; the same record along
-            BN: loading it in the weights' layout keeps everything in one layout, with no shuffles or shared-memory
-            round trips (seen in the sm_90 SASS of a ``[G]``-shaped load broadcast afterwards: 81 SHFL, 168
-            registers); L1 serves the repeats).
-        mask: ``[BN, G]`` which groups exist.
+        codes: ``[R, SUB_N, G, 4]`` int32: the 16 bytes (32 e2m1 codes) of each group as 4 words, for
+            ``R · SUB_N`` weight rows.
+        scales: ``[R, SUB_N, G]`` uint8 e8m0.
+        rec: ``[1, SUB_N, G]`` pointers to each group's activation record (:data:`RECORD_WORDS`), the same record
+            along SUB_N. The loads take the ``[1, SUB_N, G, 4]`` shape of one R-slice of the codes, so they get the
+            codes' register layout (no shuffles or shared-memory round trips: the sm_90 SASS of a ``[G]``-shaped
+            load broadcast afterwards had 81 SHFL and 168 registers), and every thread loads each record it needs
+            once and uses it for its R rows (dim 0 of the codes, held in one thread when SUB_N rows x G groups
+            cover the program's threads).
+        mask: ``[1, SUB_N, G]`` which groups exist.
         EMULATE: Triton ops instead of the inline PTX (interpreter).
 
     Returns:
-        ``[BN, G]`` float32 ``Σ_k w[n, 32g + k] · a[g, k]``.
+        ``[R, SUB_N, G]`` float32 ``Σ_k w[n, 32g + k] · a[g, k]``.
     """
-    words = rec[:, :, None] + tl.arange(0, 4)[None, None, :]  # [BN, G, 4]
-    m3 = mask[:, :, None]
-    hi0 = tl.load(words, mask=m3, other=0)
-    hi1 = tl.load(words + 4, mask=m3, other=0)
-    mid0 = tl.load(words + 8, mask=m3, other=0)
-    mid1 = tl.load(words + 12, mask=m3, other=0)
-    lo0 = tl.load(words + 16, mask=m3, other=0)
-    lo1 = tl.load(words + 20, mask=m3, other=0)
-    corr_hi = tl.load(rec + 24, mask=mask, other=0)
+    words = rec[:, :, :, None] + tl.arange(0, 4)[None, None, None, :]  # [1, SUB_N, G, 4]
+    m4 = mask[:, :, :, None]
+    hi0 = tl.broadcast_to(tl.load(words, mask=m4, other=0), codes.shape)
+    hi1 = tl.broadcast_to(tl.load(words + 4, mask=m4, other=0), codes.shape)
+    mid0 = tl.broadcast_to(tl.load(words + 8, mask=m4, other=0), codes.shape)
+    mid1 = tl.broadcast_to(tl.load(words + 12, mask=m4, other=0), codes.shape)
+    lo0 = tl.broadcast_to(tl.load(words + 16, mask=m4, other=0), codes.shape)
+    lo1 = tl.broadcast_to(tl.load(words + 20, mask=m4, other=0), codes.shape)
+    corr_hi = tl.load(rec + 24, mask=mask, other=0)  # [1, SUB_N, G]
     corr_lm = tl.load(rec + 25, mask=mask, other=0)
     factor = tl.load(rec + 26, mask=mask, other=0).to(tl.float32, bitcast=True)
     if EMULATE:
-        s_hi, s_lm = _lookup_dot_emulated(codes, hi0, hi1, mid0, mid1, lo0, lo1)
+        R: tl.constexpr = codes.shape[0]
+        SUB_N: tl.constexpr = codes.shape[1]
+        G: tl.constexpr = codes.shape[2]
+        s_hi, s_lm = _lookup_dot_emulated(codes.reshape(R * SUB_N, G, 4), hi0.reshape(R * SUB_N, G, 4),
+                                          hi1.reshape(R * SUB_N, G, 4), mid0.reshape(R * SUB_N, G, 4),
+                                          mid1.reshape(R * SUB_N, G, 4), lo0.reshape(R * SUB_N, G, 4),
+                                          lo1.reshape(R * SUB_N, G, 4))
+        s_hi = s_hi.reshape(R, SUB_N, G, 4)
+        s_lm = s_lm.reshape(R, SUB_N, G, 4)
     else:
         s_hi, s_lm = tl.inline_asm_elementwise(_ASM, _CONSTRAINTS, [codes, hi0, hi1, mid0, mid1, lo0, lo1],
                                                dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
-    s_hi = tl.sum(s_hi, axis=2) - corr_hi  # [BN, G]: Σ 2v·hi
-    s_lm = tl.sum(s_lm, axis=2) - corr_lm  # Σ 2v·(q & 0xFFFF)
+    s_hi = tl.sum(s_hi, axis=3) - corr_hi  # [R, SUB_N, G]: Σ 2v·hi
+    s_lm = tl.sum(s_lm, axis=3) - corr_lm  # Σ 2v·(q & 0xFFFF)
     total = s_hi.to(tl.float32) * 65536.0 + s_lm.to(tl.float32)  # Σ 2v·q
     return total * e8m0_factor(scales) * factor
 
 
-@triton.jit(do_not_specialize=["num_m_blocks"])
+@triton.jit(do_not_specialize=["num_m_blocks", "stride_sg"])
 def moe_mxfp4_gemv_dp4a_kernel(
     q_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, expert_offsets_ptr, row_token_ptr, row_gate_ptr,
     N, K, num_m_blocks,
-    stride_qm, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_om,
+    stride_qm, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_be, stride_om,
     NUM_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
     GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr, FUSE_SWIGLU: tl.constexpr, ATOMIC_OUT: tl.constexpr,
     SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    EMULATE: tl.constexpr,
+    SUB_N: tl.constexpr, EMULATE: tl.constexpr,
 ):
     """MoE grouped GEMV with MXFP4 weights through ``dp4a`` (see the module docstring).
 
@@ -234,9 +245,16 @@ def moe_mxfp4_gemv_dp4a_kernel(
     that the activations come as the ``[*, K/32, 32]`` int32 group records ``q`` of
     :func:`quantize_activations_kernel` (``stride_qm`` words per row) and ``w`` is the ``[E, N, K/8]`` int32 view of
     the packed codes (4 words per 32-weight group; ``stride_we`` and ``stride_wn`` in words, multiples of 4).
-    Program ``pid`` owns BLOCK_N columns, one K slice and one row block of one expert; per real row and K step it
-    multiplies the ``[BLOCK_N, BLOCK_K/32, 4]`` words of codes with the row's planes in int32 (:func:`group_dots`)
-    and scales each group's sum in float32.
+    ``stride_sg`` is the scales' group stride (1; a runtime value so that the compiler sees no contiguity along G
+    and gives the scale loads the codes' layout instead of vectorizing them and converting afterwards).
+
+    Program ``pid`` owns BLOCK_N columns, one K slice and one row block of one expert. Its BLOCK_N rows are
+    ``R = BLOCK_N / SUB_N`` slices of SUB_N rows: ``SUB_N · BLOCK_K/32`` (rows x groups) is what the program's threads
+    cover once (the launcher's choice), so each thread holds one group of R rows, loads that group's activation
+    record once per K step and reuses it R times (measured on the H200, 2026-12-03: with one (row, group) per
+    thread the record loads were 6x the code bytes and the kernel was load-bound, 62% long-scoreboard stalls).
+    Per real row and K step it multiplies the ``[R, SUB_N, BLOCK_K/32, 4]`` code words with the row's planes in
+    int32 (:func:`group_dots`) and scales each group's sum in float32.
     """
     (pid_m, pid_n, split, k_first, k_stop, e_idx, seg_start, seg_end, seg_blocks, blocks_through,
      real_m_blocks) = _gemv_schedule(tl.program_id(0), N, K, expert_offsets_ptr, NUM_EXPERTS, EXPERTS_POW2, BLOCK_M,
@@ -244,31 +262,36 @@ def moe_mxfp4_gemv_dp4a_kernel(
     if pid_m < real_m_blocks:
         expert, m_ids, rows, row_mask, a_rows, num_rows = _gemv_rows(
             pid_m, e_idx, seg_start, seg_end, seg_blocks, blocks_through, row_token_ptr, GATHER_A, BLOCK_M)
+        R: tl.constexpr = BLOCK_N // SUB_N
+        GROUPS: tl.constexpr = BLOCK_K // 32
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
         n_mask = offs_n < N
-        GROUPS: tl.constexpr = BLOCK_K // 32
-        offs_g = tl.arange(0, GROUPS)
-        stride_we = tl.multiple_of(stride_we, 4)  # 16-byte groups: lets the loads be 128-bit
-        stride_wn = tl.multiple_of(stride_wn, 4)
-        w_ptrs = (w_ptr + expert.to(tl.int64) * stride_we + offs_n.to(tl.int64)[:, None, None] * stride_wn
-                  + offs_g[None, :, None] * 4 + tl.arange(0, 4)[None, None, :])  # [BN, G, 4]
-        s_ptrs = (s_ptr + expert.to(tl.int64) * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
-                  + offs_g[None, :])  # [BN, G]
+        offs_n4 = (pid_n * BLOCK_N + tl.arange(0, R)[:, None] * SUB_N + tl.arange(0, SUB_N)[None, :])[:, :, None]
+        n_mask4 = offs_n4 < N  # [R, SUB_N, 1], row r·SUB_N + s of the block
+        offs_g = tl.arange(0, GROUPS)[None, None, :]  # [1, 1, G]
+        # Strides in whole 16-byte groups times 4 words: the alignment analysis sees every code pointer as a
+        # multiple of 16 bytes, so each group is one 128-bit load (tl.multiple_of on a scalar argument is dropped,
+        # and the JIT only specializes strides divisible by 16: mlp1's 360 words per row is not).
+        w_ptrs = (w_ptr + expert.to(tl.int64) * (stride_we // 4) * 4
+                  + (offs_n4.to(tl.int64) * (stride_wn // 4) * 4 + offs_g * 4)[:, :, :, None]
+                  + tl.arange(0, 4)[None, None, None, :])  # [R, SUB_N, G, 4]
+        s_ptrs = (s_ptr + expert.to(tl.int64) * stride_se + offs_n4.to(tl.int64) * stride_sn
+                  + offs_g * stride_sg)  # [R, SUB_N, G]
         num_groups = K // 32
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for m in range(num_rows):  # rows outside, K inside, as the float gemv
             a_row = tl.sum(tl.where(m_ids == m, a_rows, 0), axis=0)
-            rec_base = (q_ptr + a_row.to(tl.int64) * stride_qm + offs_g[None, :] * RECORD_WORDS
-                        + 0 * offs_n[:, None])  # [BN, G]: one record per group, repeated along BN
-            part = tl.zeros((BLOCK_N, GROUPS), dtype=tl.float32)
+            rec_base = (q_ptr + a_row.to(tl.int64) * stride_qm + offs_g * RECORD_WORDS
+                        + 0 * tl.arange(0, SUB_N)[None, :, None])  # [1, SUB_N, G]: one record per group
+            part = tl.zeros((R, SUB_N, GROUPS), dtype=tl.float32)
             for kt in range(k_first, k_stop):
                 g0 = kt * GROUPS
-                g_mask = (g0 + offs_g) < num_groups  # [G]
-                codes = tl.load(w_ptrs + g0 * 4, mask=n_mask[:, None, None] & g_mask[None, :, None], other=0)
-                scales = tl.load(s_ptrs + g0, mask=n_mask[:, None] & g_mask[None, :], other=127)  # [BN, G]
-                part += group_dots(codes, scales, rec_base + g0 * RECORD_WORDS, n_mask[:, None] & g_mask[None, :],
-                                   EMULATE)
-            dot = tl.sum(part, axis=1)  # [BN]
+                g_mask = (g0 + offs_g) < num_groups  # [1, 1, G]
+                codes = tl.load(w_ptrs + g0 * 4, mask=(n_mask4 & g_mask)[:, :, :, None], other=0)
+                scales = tl.load(s_ptrs + g0 * stride_sg, mask=n_mask4 & g_mask, other=127)  # [R, SUB_N, G]
+                rec_mask = g_mask & (tl.arange(0, SUB_N)[None, :, None] >= 0)  # [1, SUB_N, G]
+                part += group_dots(codes, scales, rec_base + g0 * RECORD_WORDS, rec_mask, EMULATE)
+            dot = tl.reshape(tl.sum(part, axis=2), (BLOCK_N,))  # [BN]: row r·SUB_N + s
             acc = tl.where(m_ids[:, None] == m, acc + dot[None, :], acc)
         _epilogue(acc, rows, row_mask, offs_n, n_mask, pid_n, split, expert, bias_ptr, out_ptr, row_token_ptr,
                   row_gate_ptr, N, stride_be, stride_om, SCATTER_OUT, FUSE_SWIGLU, ATOMIC_OUT, SWIGLU_ALPHA,

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kernels import next_pow2
-from kernels.moe_gemm.config import GEMV_MAX_BLOCK_M, MoeGemmConfig
+from kernels.moe_gemm.config import DP4A_MIN_CAPABILITY, GEMV_MAX_BLOCK_M, MoeGemmConfig
 
 
 def rows_per_expert(shape: Mapping[str, int]) -> float:
@@ -33,8 +33,21 @@ def estimated_shared_bytes(config: Mapping[str, Any], act_bytes: int = 2) -> int
     return max(1, config["num_stages"]) * per_stage
 
 
+DP4A_GEMV_MAX_ROWS = 32
+"""Largest routed-row count R = M·top_k at which the default is the gemv path where it runs on dp4a (gpt-oss: M <= 8).
+Measured on the H200 with the defaults of both paths (scripts/results/2026-12-04-h200-moe-variants-defaults.md,
+Triton 3.6, gpt-oss-20b): dp4a gemv against MMA at M = 4 mlp1 77.3 vs 91.7 µs, mlp2 50.7 vs 63.9; at M = 8 146.9 vs
+162.0 and 82.9 vs 98.9; at M = 16 (2 rows per expert) it loses, 267.5 vs 232.3 and 161.1 vs 134.2."""
+
+DP4A_GEMV_TILES = {"mlp1": {"BLOCK_N": 16, "BLOCK_K": 512, "num_warps": 8},
+                   "mlp2": {"BLOCK_N": 16, "BLOCK_K": 512, "num_warps": 2}}
+"""Default dp4a gemv tiles (SPLIT_K 1): the fastest of the H200 sweep of 18 tiles (BLOCK_N 16..128, BLOCK_K 256..1024,
+2..8 warps; scripts/results/2026-12-04-h200-moe-variants-dp4a-rows-in-thread.md) at M = 1: mlp1 28.2 µs, mlp2 17.9 µs;
+mlp1 also at M = 4, 77.7 µs; mlp2 at M = 4 50.3 µs with BLOCK_K 256 against 50.7 with these."""
+
 GEMV_MAX_ROWS = 8
-"""Largest routed-row count R = M·top_k of a call at which the default is the gemv path (gpt-oss: M <= 2). Measured
+"""Largest routed-row count R = M·top_k of a call at which the default is the float-decode gemv path, where dp4a is
+not available (gpt-oss: M <= 2). Measured
 on the H200 (scripts/results/2026-12-02-h200-moe-variants-run2*.md, Triton 3.6, defaults of both paths): the gemv
 was faster at R = 4 and 8 (20b mlp1 38.6 vs 43.4 µs and 59.9 vs 69.6; mlp2 19.5 vs 33.2 and 33.9 vs 41.8; 120b M=1
 alike), even at R = 16 for mlp2 (62.7 vs 63.8) but slower for mlp1 (107 vs 92), and slower at R >= 32."""
@@ -56,11 +69,25 @@ two giving at least this many programs per SM: SPLIT_K = 2 at mlp2 M = 1 (4 · 2
 sweep's best of 1, 2, 4 there."""
 
 
+def has_dp4a(device) -> bool:
+    """Whether the default gemv runs on dp4a: a GPU of compute capability 6.1 or newer (the interpreter could run
+    its Triton-op twin, but far slower than the float decode, so CPU defaults keep the float gemv)."""
+    return (device is not None and getattr(device, "is_gpu", False)
+            and tuple(device.compute_capability) >= DP4A_MIN_CAPABILITY)
+
+
 def _gemv_default(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
-    """Default of ``path="gemv"``: one program per BLOCK_N columns of (up to 16 of) one expert's rows, split-K (mlp2, whose output
-    is accumulated atomically anyway) until the SMs hold about GEMV_TARGET_PROGRAMS_PER_SM programs each."""
-    rpe = rows_per_expert(shape)
+    """Default of ``path="gemv"``: one program per BLOCK_N columns of (up to 16 of) one expert's rows. On GPUs with
+    dp4a, the dp4a decode with :data:`DP4A_GEMV_TILES`; otherwise the float decode with split-K (mlp2, whose output is
+    accumulated atomically anyway) until the SMs hold about GEMV_TARGET_PROGRAMS_PER_SM programs each."""
     block_m = GEMV_MAX_BLOCK_M  # the row loop runs over the real rows only: one program covers an expert's rows
+    if has_dp4a(device):
+        tiles = DP4A_GEMV_TILES[variant]
+        return MoeGemmConfig(path="gemv", dequant="dp4a", BLOCK_M=block_m,
+                             BLOCK_N=min(tiles["BLOCK_N"], max(16, next_pow2(shape["N"]))),
+                             BLOCK_K=min(tiles["BLOCK_K"], max(32, next_pow2(shape["K"]))), GROUP_M=1,
+                             num_warps=tiles["num_warps"], num_stages=GEMV_NUM_STAGES).as_dict()
+    rpe = rows_per_expert(shape)
     block_n = min(GEMV_BLOCK_N, max(16, next_pow2(shape["N"])))
     block_k = min(GEMV_BLOCK_K, max(32, next_pow2(shape["K"])))
     split_k = 1
@@ -77,8 +104,8 @@ def _gemv_default(variant: str, shape: Mapping[str, int], device) -> dict[str, A
 
 
 def default_config(variant: str, shape: Mapping[str, int], device) -> dict[str, Any]:
-    """The config without a table: the gemv path for at most GEMV_MAX_ROWS routed rows; else the MMA path with
-    BLOCK_M from the rows per expert, wide N tiles for prefill.
+    """The config without a table: the gemv path for at most DP4A_GEMV_MAX_ROWS routed rows on GPUs with dp4a
+    (GEMV_MAX_ROWS elsewhere); else the MMA path with BLOCK_M from the rows per expert, wide N tiles for prefill.
 
     The choices follow the first H100 sweep (scripts/results/2026-11-21-h100-explore.log, Triton 3.6): BLOCK_N=64
     with BLOCK_K=128 and the upcast path led at decode; 128x128x64 tiles at 8192 tokens. Two pipeline stages instead
@@ -92,7 +119,8 @@ def default_config(variant: str, shape: Mapping[str, int], device) -> dict[str, 
     Returns:
         A complete config dict (every field of :class:`MoeGemmConfig`).
     """
-    path = "gemv" if shape["M"] * shape["top_k"] <= GEMV_MAX_ROWS else "mma"
+    max_rows = DP4A_GEMV_MAX_ROWS if has_dp4a(device) else GEMV_MAX_ROWS
+    path = "gemv" if shape["M"] * shape["top_k"] <= max_rows else "mma"
     return path_default(variant, shape, device, path)
 
 

@@ -178,9 +178,19 @@ def _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks
                             {"GROUPS": DP4A_QUANTIZE_GROUPS, "num_warps": 4})
     w = w_blocks.view(torch.int32)  # [E, N, K/32, 4] words: 16-byte groups stay whole
     args = (records, w, w_scales, bias, out, *tail, records.stride(0), w.stride(0), w.stride(1),
-            w_scales.stride(0), w_scales.stride(1), bias.stride(0), out.stride(0))
+            w_scales.stride(0), w_scales.stride(1), w_scales.stride(2), bias.stride(0), out.stride(0))
+    kwargs["SUB_N"] = dp4a_sub_n(config)
     kwargs["EMULATE"] = a.device.type == "cpu"  # the interpreter; "meta" tensors plan a GPU compile
     return [quantize, KernelLaunch(moe_mxfp4_gemv_dp4a_kernel, (total_tiles,), args, kwargs)]
+
+
+def dp4a_sub_n(config: MoeGemmConfig) -> int:
+    """Rows that the threads of one dp4a gemv program cover once beside its ``BLOCK_K / 32`` groups (one group per
+    thread, 32 · num_warps threads): the rest of BLOCK_N, ``BLOCK_N / SUB_N`` rows, is held in each thread, which
+    then loads an activation record once for that many rows (see
+    :func:`kernels.moe_gemm.gemv_dp4a.moe_mxfp4_gemv_dp4a_kernel`). Powers of two, at most BLOCK_N."""
+    groups = config.BLOCK_K // 32
+    return min(config.BLOCK_N, max(1, 32 * config.num_warps // groups))
 
 
 def swiglu_launch(h: torch.Tensor, out: torch.Tensor, config: MoeGemmConfig) -> KernelLaunch:

@@ -119,6 +119,20 @@ def test_bench_model_table_runs_both_settings(tiny, capsys, tmp_path):
     assert rate > 0
 
 
+def test_bench_model_positions_cover_the_profiled_prefill():
+    # tg128 alone with --profile profiles a 512-token prefill: the model must be built for it (H200, 2026-12-04:
+    # "KV cache capacity 513 exceeds the RoPE table (130)" before this was counted)
+    from autotune.model.commands import bench_positions, profile_prefill_tokens
+
+    tg_only = [("tg", 128, 1)]
+    assert profile_prefill_tokens(tg_only) == 512
+    assert bench_positions(tg_only, profile=False) == 130
+    assert bench_positions(tg_only, profile=True) == 514
+    with_pp = [("pp", 2048, 1), ("tg", 128, 4)]
+    assert profile_prefill_tokens(with_pp) == 2048
+    assert bench_positions(with_pp, profile=True) == bench_positions(with_pp, profile=False) == 2050
+
+
 def test_bench_model_decode_batches(tiny, tmp_path):
     """--batch decodes B sequences at once: one tg row per batch size, its rate counting every sequence's tokens."""
     report = tmp_path / "bench.md"

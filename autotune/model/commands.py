@@ -119,6 +119,22 @@ def bench_weights(checkpoint: str | None, random: str | None, layers: int | None
     return config, weights, f"random gpt-oss-{random} weights (seed {seed}), {config.num_hidden_layers} layers"
 
 
+PROFILE_PREFILL_TOKENS = 512
+"""Prefill length ``bench-model --profile`` profiles when the tests hold no pp test (llama-bench's pp512)."""
+
+
+def profile_prefill_tokens(plan) -> int:
+    """Tokens of the prefill ``--profile`` profiles: the longest pp test of ``plan`` ((kind, count, batch)
+    triples), else :data:`PROFILE_PREFILL_TOKENS`."""
+    return max((n for kind, n, _ in plan if kind == "pp"), default=PROFILE_PREFILL_TOKENS)
+
+
+def bench_positions(plan, profile: bool) -> int:
+    """Positions the RoPE table and KV caches of a bench model must hold: the longest test (a tg test's prompt
+    token and generated tokens: count + 2), and with ``profile`` also the profiled prefill."""
+    return max([n for _, n, _ in plan] + ([profile_prefill_tokens(plan)] if profile else [])) + 2
+
+
 def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int | None, tests: str, batch: str,
                     runs: int, table: str | None, kv_dtype: str | None, no_cuda_graphs: bool, profile: bool, out: str | None,
                     seed: int) -> int:
@@ -144,10 +160,8 @@ def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int |
         raise UserError(f"--out {out}: name the markdown report (e.g. bench.md); its JSON twin goes beside it")
     config, weights, described = bench_weights(checkpoint, random, layers, seed)
     device = weights["embedding.weight"].device
-    # --profile also runs a prefill of the longest pp test (512 tokens without one): the RoPE table and KV caches
-    # must hold it too.
-    profile_pp = max((n for k, n, _ in plan if k == "pp"), default=512)
-    longest = max([n for _, n, _ in plan] + ([profile_pp] if profile else [])) + 2
+    profile_pp = profile_prefill_tokens(plan)
+    longest = bench_positions(plan, profile)
     copy_gbps = mm_tflops = None
     if device.type == "cuda":
         from autotune.device.peaks import measure_peaks

@@ -200,23 +200,29 @@ def test_gb10_launches_compile_and_fit(compiled, case):
     config = entry["config"]
     unfused = variant == "mlp1" and not config["fuse_swiglu"]
     names = [item["name"] for item in entry["launches"]]
-    gemm = "moe_mxfp4_gemv_kernel" if config.get("path") == "gemv" else "moe_mxfp4_gemm_kernel"
-    assert names == ([gemm, "swiglu_kernel"] if unfused else [gemm])
+    dp4a = config.get("dequant") == "dp4a"
+    gemm = "moe_mxfp4_gemm_kernel"
+    if config.get("path") == "gemv":
+        gemm = "moe_mxfp4_gemv_dp4a_kernel" if dp4a else "moe_mxfp4_gemv_kernel"
+    expected = ["quantize_activations_kernel"] * dp4a + [gemm] + ["swiglu_kernel"] * unfused
+    assert names == expected
     for item in entry["launches"]:
         assert item["target"] == "cuda:121"
-        assert item["num_warps"] == config["num_warps"]
+        if item["name"] != "quantize_activations_kernel":  # the pre-pass has its own 4 warps
+            assert item["num_warps"] == config["num_warps"]
         assert 0 <= item["shared_bytes"] <= GB10_SMEM, item
         assert all(g >= 1 for g in item["grid"])
 
 
 def test_gb10_default_at_decode_is_the_gemv(compiled):
-    # The default heuristic's gemv (R = M·top_k <= 8) is what a Spark runs at batch-1 decode: both variants, both
-    # models, compiled for sm_121 above.
+    # The default heuristic's dp4a gemv (sm_61+, R = M·top_k <= 32) is what a Spark runs at batch-1 decode: both
+    # variants, both models, compiled for sm_121 above.
     for model in MODELS:
         for variant in ("mlp1", "mlp2"):
             entry = compiled[f"{variant}-{model}-M1-default"]
-            assert entry["config"]["path"] == "gemv", entry["config"]
-            assert [item["name"] for item in entry["launches"]] == ["moe_mxfp4_gemv_kernel"]
+            assert entry["config"]["path"] == "gemv" and entry["config"]["dequant"] == "dp4a", entry["config"]
+            assert [item["name"] for item in entry["launches"]] == ["quantize_activations_kernel",
+                                                                    "moe_mxfp4_gemv_dp4a_kernel"]
 
 
 @pytest.mark.slow

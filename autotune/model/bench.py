@@ -3,7 +3,7 @@
 llama-bench conventions (llama.cpp ``tools/llama-bench``): ``ppN`` is the prompt-processing rate of one N-token
 prompt (tokens / prefill seconds), ``tgN`` the generation rate of N decode steps after a one-token prompt (tokens /
 decode seconds, CUDA graphs on GPUs); each is the mean ± sample standard deviation over ``runs`` timed runs after
-one warm-up run (``bench-model`` also runs every test once in both settings before timing either). TTFT is the prefill time of the longest pp prompt plus the first token's selection; TPOT the mean
+one warm-up run (``bench-model`` on a GPU also runs every test once in both settings before timing either). TTFT is the prefill time of the longest pp prompt plus the first token's selection; TPOT the mean
 decode step of the longest tg run. ``--profile`` attributes the kernels of one eager decode step and one prefill to
 the forward pass's stages (:data:`autotune.model.model.STAGES`) with ``torch.profiler`` and gives each stage's
 achieved GB/s and TFLOP/s from the byte and FLOP counts of :func:`stage_costs`.

@@ -160,7 +160,6 @@ def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int |
         raise UserError(f"--out {out}: name the markdown report (e.g. bench.md); its JSON twin goes beside it")
     config, weights, described = bench_weights(checkpoint, random, layers, seed)
     device = weights["embedding.weight"].device
-    profile_pp = profile_prefill_tokens(plan)
     longest = bench_positions(plan, profile)
     copy_gbps = mm_tflops = None
     if device.type == "cuda":
@@ -199,7 +198,7 @@ def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int |
     lines = _bench_report(plan, settings, described, device, copy_gbps, mm_tflops)
     if profile:
         model = settings["table"][0]
-        pp = profile_pp
+        pp = profile_prefill_tokens(plan)
         tg = max((n for k, n, _ in plan if k == "tg"), default=32)
         for title, kwargs in ((f"decode step (batch 1, context {tg})", dict(decode=True, tokens=1, context=tg)),
                               (f"prefill of {pp} tokens", dict(decode=False, tokens=pp, context=pp))):

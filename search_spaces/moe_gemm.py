@@ -114,8 +114,9 @@ GEMV_MAX_DECODED_PER_THREAD = 128
 """Most registers of decoded weights a gemv thread holds per K step: half the 255-register limit, leaving the rest
 for the products, activations and addresses. The float decodes hold one float32 per weight (BLOCK_N·BLOCK_K /
 threads); dp4a holds, per 32-weight group of a row, 4 code words, their 8 int32 lookup sums and the partial sums:
-about 27 registers (sm_90 SASS of the mlp1 kernel, BLOCK_K 512, 4 warps: 72 / 124 / 247 registers at 2 / 4 / 8 rows
-per thread, i.e. BLOCK_N 16 / 32 / 64)."""
+about 27 registers (sm_90 SASS of the mlp1 kernel compiled offline with Triton 3.9.0, BLOCK_K 512, 4 warps: 72 /
+124 / 247 registers at 2 / 4 / 8 rows per thread, i.e. BLOCK_N 16 / 32 / 64; ncu on the H200 with Triton 3.6.0 read
+122 at 4 rows, scripts/results/2026-12-04-h200-ncu-mlp1-M1-dp4a-rows-in-thread.txt)."""
 
 
 def gemv_tile_fits_registers(config, shape, device) -> str | None:

@@ -42,7 +42,8 @@ def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
     first and ``path`` after it (the gemv decodes in registers: it exists for "upcast" and "upcast_ptx", so a config
     naming "dot_scaled" is an MMA config; "dp4a" is offered only where the gemv is, exists only on it and so implies
     ``path = "gemv"``, and :class:`kernels.moe_gemm.config.MoeGemmConfig` refuses a hand-given MMA config naming it);
-    the MMA-only tunables (GROUP_M, schedule) are inactive on the gemv path; where the gemv is offered it adds
+    the MMA-only tunables (GROUP_M, schedule) are inactive on the gemv path, ``swap_ab`` also with "dot_scaled",
+    ``l2_prefetch`` everywhere but the dp4a gemv; where the gemv is offered it adds
     BLOCK_N = 16 and BLOCK_K = 512 (narrow, long programs) to the choices."""
     gemv = gemv_offered(shape)
     block_m = tuple(b for b in POW2_TILES if b <= block_m_limit(shape))
@@ -56,6 +57,10 @@ def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
         Param("path", ("mma", "gemv") if gemv else ("mma",), when=lambda c: c["dequant"] in ("upcast", "upcast_ptx"),
               inactive="mma", implied=(("dequant", "dp4a", "gemv"),),
               doc="tensor-core tiles, or CUDA-core dot products for few rows per expert"),
+        Param("swap_ab", (False, True), when=lambda c: _is_mma(c) and c["dequant"] in ("upcast", "upcast_ptx"),
+              inactive=False, doc="decoded weights as the MMA's first operand (wgmma reads it from registers)"),
+        Param("l2_prefetch", (False, True), when=lambda c: c["dequant"] == "dp4a", inactive=False,
+              doc="dp4a gemv: prefetch each program's weight tile into L2 before its K loop"),
         Param("BLOCK_M", block_m, doc="routed rows per tile (gemv: the most rows of one expert per program)"),
         Param("BLOCK_N", block_n, doc="output features per tile (mma >= 32: the fused SwiGLU halves it)"),
         Param("BLOCK_K", block_k, doc="K step, a multiple of the MXFP4 group 32"),

@@ -63,9 +63,17 @@ PTX_CASES = [("mlp1-20b-M16-upcast_ptx", "mlp1", 16, 32, {"dequant": "upcast_ptx
              ("mlp1-20b-M1-gemv-upcast_ptx", "mlp1", 1, 32, {"path": "gemv", "dequant": "upcast_ptx"}, "bfloat16")]
 DP4A_CASES = [("mlp1-20b-M1-gemv-dp4a", "mlp1", 1, 32, {"path": "gemv", "dequant": "dp4a", "BLOCK_N": 16,
                                                         "BLOCK_K": 512}, "bfloat16"),
-              ("mlp2-120b-M2-gemv-dp4a", "mlp2", 2, 128, {"path": "gemv", "dequant": "dp4a"}, "bfloat16")]
+              ("mlp2-120b-M2-gemv-dp4a", "mlp2", 2, 128, {"path": "gemv", "dequant": "dp4a"}, "bfloat16"),
+              ("mlp2-20b-M1-gemv-dp4a-l2_prefetch-splitk2", "mlp2", 1, 32,
+               {"path": "gemv", "dequant": "dp4a", "l2_prefetch": True, "SPLIT_K": 2}, "bfloat16")]
 """The dp4a decode (sm_61+, so on GB10 too): its activation pre-pass and the inline-PTX gemv, with the H200 sweep's
-fastest tiles at mlp1 M = 1 and the gemv default's at mlp2."""
+fastest tiles at mlp1 M = 1 and the gemv default's at mlp2, and with the L2 prefetch of each program's tile."""
+SWAP_AB_CASES = [("mlp1-20b-M8192-swap_ab-upcast_ptx", "mlp1", 8192, 32,
+                  {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "dequant": "upcast_ptx",
+                   "swap_ab": True}, "bfloat16"),
+                 ("mlp2-120b-M16-swap_ab-upcast", "mlp2", 16, 128, {"swap_ab": True}, "bfloat16")]
+"""swap_ab (the decoded weights as the MMA's first operand) with both register decodes; on sm_121 the MMA is
+mma.sync (no wgmma), so this checks that the swapped dot lowers there and fits the shared memory."""
 # A pipelined config (3 stages of 128x128x64 tiles): used to compare compile_launch with the JIT's specialization.
 PIPELINED = [
     ("mlp2-20b-M8192-pipelined-upcast", "mlp2", 8192, 32,
@@ -183,7 +191,7 @@ def _run_worker(cases: list, with_jit: bool) -> dict:
 @pytest.fixture(scope="module")
 def compiled() -> dict:
     """compile_launch only: about 24 distinct compiles, about 30 s with an empty Triton cache, 3 s with a warm one."""
-    return _run_worker(CASES + (PTX_CASES if _HAS_PTX else []) + DP4A_CASES, with_jit=False)
+    return _run_worker(CASES + (PTX_CASES if _HAS_PTX else []) + DP4A_CASES + SWAP_AB_CASES, with_jit=False)
 
 
 @pytest.fixture(scope="module")
@@ -276,6 +284,17 @@ def test_gb10_dp4a_compiles_and_fits(compiled, case):
     entry = compiled[case[0]]
     assert "error" not in entry, entry.get("error")
     assert [item["name"] for item in entry["launches"]] == ["quantize_activations_kernel", "moe_mxfp4_gemv_dp4a_kernel"]
+    for item in entry["launches"]:
+        assert item["target"] == "cuda:121"
+        assert 0 <= item["shared_bytes"] <= GB10_SMEM, item
+
+
+@pytest.mark.parametrize("case", SWAP_AB_CASES, ids=[c[0] for c in SWAP_AB_CASES])
+def test_gb10_swap_ab_compiles_and_fits(compiled, case):
+    entry = compiled[case[0]]
+    assert "error" not in entry, entry.get("error")
+    assert entry["config"]["swap_ab"] is True
+    assert [item["name"] for item in entry["launches"]] == ["moe_mxfp4_gemm_kernel"]
     for item in entry["launches"]:
         assert item["target"] == "cuda:121"
         assert 0 <= item["shared_bytes"] <= GB10_SMEM, item

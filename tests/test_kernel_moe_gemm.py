@@ -66,7 +66,8 @@ class Case:
         c = self.cfg
         dt = str(self.dtype).removeprefix("torch.")
         path = (f"{c.dequant}-{c.schedule}{c.programs_per_sm if c.schedule == 'persistent' else ''}-sk{c.SPLIT_K}-"
-                f"{'fused' if c.fuse_swiglu else 'unfused'}-gm{c.GROUP_M}-{c.BLOCK_M}x{c.BLOCK_N}x{c.BLOCK_K}")
+                f"{'fused' if c.fuse_swiglu else 'unfused'}-gm{c.GROUP_M}-{c.BLOCK_M}x{c.BLOCK_N}x{c.BLOCK_K}"
+                f"{'-swap_ab' if c.swap_ab else ''}")
         return f"{self.variant}-M{self.M}-N{self.N}-K{self.K}-E{self.E}-k{self.top_k}-{dt}-{path}"
 
 
@@ -112,7 +113,13 @@ _REAL_SLOW = [
 ]
 
 
-@pytest.mark.parametrize("case", _REAL_20B, ids=Case.id)
+_REAL_SWAP_AB = [  # the decoded weights as the MMA's first operand, at the real widths (masked N and K edges)
+    Case("mlp2", M=1, N=2880, K=2880, E=32, top_k=4, seed=17,
+         config=dict(BLOCK_M=16, BLOCK_N=256, BLOCK_K=512, GROUP_M=1, dequant="upcast", swap_ab=True)),
+]
+
+
+@pytest.mark.parametrize("case", _REAL_20B + _REAL_SWAP_AB, ids=Case.id)
 def test_real_dims(case: Case):
     check_case(case)
 
@@ -150,6 +157,57 @@ def _path_cases() -> list[Case]:
 @pytest.mark.parametrize("case", _path_cases(), ids=Case.id)
 def test_paths_odd_shape(case: Case):
     check_case(case)
+
+
+def _swap_ab_cases() -> list[Case]:
+    """swap_ab on the odd shape over the schedules, split-K (mlp1 unfused), both row blocks and GROUP_M, plus fp32
+    activations (interpreter only) and the 40-token multi-block routing."""
+    cases = []
+    seed = 300
+    for variant, schedule, split_k, block_m in itertools.product(("mlp1", "mlp2"), ("grid", "persistent"), (1, 2),
+                                                                  (16, 32)):
+        seed += 1
+        cases.append(Case(variant, **_ODD, seed=seed, config=dict(
+            BLOCK_M=block_m, BLOCK_N=64, BLOCK_K=64, GROUP_M=4 if block_m == 16 else 1, schedule=schedule,
+            programs_per_sm=2 if schedule == "persistent" else 1, SPLIT_K=split_k, fuse_swiglu=split_k == 1,
+            dequant="upcast", swap_ab=True)))
+    cases.append(Case("mlp1", M=40, N=160, K=160, E=5, top_k=2, seed=320, config=dict(
+        BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, dequant="upcast", swap_ab=True)))
+    cases.append(Case("mlp2", M=40, N=160, K=160, E=5, top_k=2, seed=321, config=dict(
+        BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, dequant="upcast", swap_ab=True, SPLIT_K=2)))
+    return cases
+
+
+_SWAP_AB_FP32 = [Case(variant, **_ODD, dtype=torch.float32, seed=330 + i, config=dict(
+    BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, dequant="upcast", swap_ab=True)) for i, variant in enumerate(("mlp1", "mlp2"))]
+
+
+@pytest.mark.parametrize("case", _swap_ab_cases() + [pytest.param(c, marks=FP32_ON_GPU) for c in _SWAP_AB_FP32],
+                         ids=Case.id)
+def test_swap_ab_odd_shape(case: Case):
+    check_case(case)
+
+
+def test_swap_ab_matches_the_unswapped_tile():
+    # Same inputs, same tiles: the swapped MMA sums the same products (fp16 operands, fp32 accumulation), so the two
+    # outputs agree to float32 accumulation-order level, far inside the tolerance against the reference.
+    for variant in ("mlp1", "mlp2"):
+        inputs = make_inputs(variant, MoeShape(**_ODD), dtype=torch.float16, device=DEVICE, seed=340)
+        config = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=32, GROUP_M=1, dequant="upcast")
+        plain = launch(variant, inputs, MoeGemmConfig(**config)).float()
+        swapped = launch(variant, inputs, MoeGemmConfig(**config, swap_ab=True)).float()
+        bound = 1e-3 if variant == "mlp1" else 1e-6  # mlp1: fp16 outputs, one rounding apart at most
+        assert row_rel_err(swapped, plain) <= bound, variant
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(dequant="dot_scaled", swap_ab=True), "swap_ab"),
+    (dict(path="gemv", BLOCK_M=16, GROUP_M=1, swap_ab=True), "swap_ab"),
+    (dict(swap_ab=1), "bool"),
+])
+def test_swap_ab_config_validation(params, match):
+    with pytest.raises(ValueError, match=match):
+        MoeGemmConfig(**params)
 
 
 # Many rows per expert (several row blocks per expert, empty experts, the GROUP_M swizzle over a partial group,
@@ -467,6 +525,8 @@ _GPU_CASES = [
 if "upcast_ptx" in moe_gemm.config.DEQUANT_PATHS:  # the inline-PTX decode: bf16 on sm_90+ only
     _GPU_CASES += [dataclasses.replace(c, dtype=torch.bfloat16, config={**c.config, "dequant": "upcast_ptx"})
                    for c in _REAL_20B + _MULTI_BLOCK[:4]]
+_GPU_CASES += [dataclasses.replace(c, dtype=torch.bfloat16, config={**c.config, "dequant": dequant})
+               for c in _REAL_SWAP_AB + _swap_ab_cases()[::3] for dequant in ("upcast", "upcast_ptx")]
 
 
 @pytest.mark.gpu
@@ -726,6 +786,8 @@ def test_dp4a_is_gemv_only():
 _GPU_DP4A = [dataclasses.replace(c, dtype=dtype, config={**c.config, "dequant": "dp4a"})
              for c in _GEMV_REAL for dtype in (torch.bfloat16, torch.float16)]
 _GPU_DP4A += [dataclasses.replace(c, dtype=torch.bfloat16) for c in _DP4A]
+_GPU_DP4A += [dataclasses.replace(c, dtype=torch.bfloat16, config={**c.config, "dequant": "dp4a", "l2_prefetch": True})
+              for c in _GEMV_REAL + _DP4A[::2]]  # the L2 prefetch of each program's tile, split-K slices included
 
 
 @pytest.mark.gpu
@@ -734,5 +796,28 @@ def test_gpu_gemv_dp4a(case: Case):
     check_case(case, device="cuda")
     inputs = make_inputs(case.variant, case.shape, dtype=case.dtype, device="cuda", seed=case.seed)
     dp4a = launch(case.variant, inputs, MoeGemmConfig(**case.config))
-    ops = launch(case.variant, inputs, MoeGemmConfig(**{**case.config, "dequant": "upcast"}))
+    ops = launch(case.variant, inputs, MoeGemmConfig(**{**case.config, "dequant": "upcast", "l2_prefetch": False}))
     assert row_rel_err(dp4a, ops) <= 0.1 * tolerance(case.variant, case.dtype).max_rel_err
+
+
+@pytest.mark.gpu
+def test_gpu_l2_prefetch_changes_no_value():
+    # A prefetch only moves bytes into L2: with it and without, the same kernel must give bit-identical outputs
+    # (mlp1 with the fused epilogue: plain stores, no atomics whose order could differ).
+    inputs = make_inputs("mlp1", MoeShape(M=2, N=5760, K=2880, E=32, top_k=4), dtype=torch.bfloat16, device="cuda",
+                         seed=740)
+    config = dict(path="gemv", BLOCK_M=16, BLOCK_N=16, BLOCK_K=512, GROUP_M=1, num_warps=8, dequant="dp4a")
+    plain = launch("mlp1", inputs, MoeGemmConfig(**config))
+    assert torch.equal(launch("mlp1", inputs, MoeGemmConfig(**config, l2_prefetch=True)), plain)
+
+
+def test_l2_prefetch_plan_and_validation():
+    with pytest.raises(ValueError, match="l2_prefetch"):
+        MoeGemmConfig(path="gemv", BLOCK_M=16, GROUP_M=1, dequant="upcast", l2_prefetch=True)
+    with pytest.raises(ValueError, match="l2_prefetch"):
+        MoeGemmConfig(l2_prefetch=True)  # the MMA path pipelines its loads itself
+    config = MoeGemmConfig(path="gemv", BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=1, num_warps=2, dequant="dp4a",
+                           l2_prefetch=True)
+    _, plan = launches("mlp1", make_empty_inputs("mlp1", MoeShape(M=2, N=64, K=64, E=2, top_k=1),
+                                                 dtype=torch.bfloat16), config)
+    assert plan[1].kwargs["L2_PREFETCH"] is True and plan[1].kwargs["THREADS"] == 64

@@ -130,6 +130,14 @@ class MoeGemmConfig:
             ("upcast_ptx", any activation dtype), not "dot_scaled"; "dp4a" (gemv only) multiplies in int32 instead:
             weights looked up as int8, activations split into exact byte planes
             (:mod:`kernels.moe_gemm.gemv_dp4a`).
+        swap_ab: path "mma" with a register decode ("upcast", "upcast_ptx") only: the decoded weights are the MMA's
+            first (M-side) operand and the routed rows its second, ``acc^T[BN, BM] = W · A^T`` (CUTLASS and
+            TensorRT-LLM call this swap-AB, triton_kernels ``swap_xw``). On Hopper, wgmma reads its first operand
+            from registers and only its second from shared memory, so the decoded tile feeds the tensor cores
+            without a shared-memory round trip, and BLOCK_M (the MMA's N side) can be as small as 16 rows.
+        l2_prefetch: path "gemv" with ``dequant="dp4a"`` only: before its K loop each program asks L2 for its whole
+            weight tile (codes and scales of its rows and K slice, one ``prefetch.global.L2`` per 128-byte line), so
+            that the loads of each K step wait on L2 instead of DRAM while only one step is held in registers.
 
     The field defaults are the shape-independent part of the default config; the tile fields' defaults are generic
     and :func:`kernels.moe_gemm.heuristics.default_config` replaces them per shape and device (it is the default a
@@ -153,6 +161,8 @@ class MoeGemmConfig:
     fuse_swiglu: bool = True
     dequant: str = "upcast"
     path: str = "mma"
+    swap_ab: bool = False
+    l2_prefetch: bool = False
 
     def __post_init__(self) -> None:
         for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "SPLIT_K", "programs_per_sm"):
@@ -189,6 +199,16 @@ class MoeGemmConfig:
             raise ValueError(f"dequant={self.dequant!r} must be one of {DEQUANT_PATHS}")
         if not isinstance(self.fuse_swiglu, bool):
             raise ValueError(f"fuse_swiglu={self.fuse_swiglu!r} must be a bool")
+        if not isinstance(self.swap_ab, bool):
+            raise ValueError(f"swap_ab={self.swap_ab!r} must be a bool")
+        if not isinstance(self.l2_prefetch, bool):
+            raise ValueError(f"l2_prefetch={self.l2_prefetch!r} must be a bool")
+        if self.l2_prefetch and (self.path != "gemv" or self.dequant != "dp4a"):
+            raise ValueError("l2_prefetch=True needs path='gemv' with dequant='dp4a', got "
+                             f"path={self.path!r}, dequant={self.dequant!r}")
+        if self.swap_ab and (self.path != "mma" or self.dequant not in ("upcast", "upcast_ptx")):
+            raise ValueError("swap_ab=True needs path='mma' with a register decode (dequant='upcast' or "
+                             f"'upcast_ptx'), got path={self.path!r}, dequant={self.dequant!r}")
 
     @classmethod
     def from_dict(cls, params: dict) -> MoeGemmConfig:

@@ -29,6 +29,17 @@ inline-PTX float decode 31.2), mlp2 M = 1 19.6 (19.1). With the instructions gon
 (62% of the stall cycles on long scoreboard, DRAM 26%): each thread loads a 24-word activation record per (row,
 group) pair it owns, 6x the bytes of the 4 code words it multiplies, which fills registers and L1 instead of
 keeping weight bytes in flight. Offered to the tuner (gemv path, sm_61+), not a default.
+
+L2 prefetch (``L2_PREFETCH``, config ``l2_prefetch``; built 2026-12-07, not yet timed: no GPU was lent that session).
+Why: after the rows-in-thread change the kernel is still latency-bound (ncu on the H200, 2026-12-04: 25% occupancy,
+DRAM 22%), and its timing fits a program that waits one DRAM round trip per K step: at the mlp1 M = 1 default
+(BLOCK_N 16, BLOCK_K 512, 8 warps) a program makes 6 steps with 16 bytes of codes per thread in flight, and its
+1440 programs at 3 per SM (71 registers in the sm_90 SASS of Triton 3.9.0 offline) take ~3.6 waves of 6 round
+trips each. Before its K loop each program now asks L2 for its whole
+tile (codes and scales of its rows and K slice: 16 rows x 1440 B + 1440 B of scales at that default, one
+``prefetch.global.L2`` per 128-byte line, spread over the program's threads), which takes no registers and no
+scoreboard; the loads of each K step then wait on L2, or merge with the prefetch already on its way. The values are
+unchanged (a prefetch moves no data into registers), so the tuner may toggle it freely.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.moe_gemm.triton_kernels import _epilogue, _gemv_rows, _gemv_schedule, e8m0_factor
+from kernels.moe_gemm.triton_kernels import _epilogue, _gemv_rows, _gemv_schedule, e8m0_factor, prefetch_rows_l2
 
 LOOKUP_DOT_ASM = r"""
 {
@@ -237,7 +248,7 @@ def moe_mxfp4_gemv_dp4a_kernel(
     GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr, FUSE_SWIGLU: tl.constexpr, ATOMIC_OUT: tl.constexpr,
     SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    SUB_N: tl.constexpr, EMULATE: tl.constexpr,
+    SUB_N: tl.constexpr, EMULATE: tl.constexpr, L2_PREFETCH: tl.constexpr, THREADS: tl.constexpr,
 ):
     """MoE grouped GEMV with MXFP4 weights through ``dp4a`` (see the module docstring).
 
@@ -255,6 +266,10 @@ def moe_mxfp4_gemv_dp4a_kernel(
     thread the record loads were 6x the code bytes and the kernel was load-bound, 62% long-scoreboard stalls).
     Per real row and K step it multiplies the ``[R, SUB_N, BLOCK_K/32, 4]`` code words with the row's planes in
     int32 (:func:`group_dots`) and scales each group's sum in float32.
+
+    ``L2_PREFETCH`` (GPU only; ignored when EMULATE): before the row loop, prefetch the program's codes and scales of
+    its K slice into L2 (:func:`kernels.moe_gemm.triton_kernels.prefetch_rows_l2`, THREADS = 32 · num_warps lines
+    per pass); see the module docstring.
     """
     (pid_m, pid_n, split, k_first, k_stop, e_idx, seg_start, seg_end, seg_blocks, blocks_through,
      real_m_blocks) = _gemv_schedule(tl.program_id(0), N, K, expert_offsets_ptr, NUM_EXPERTS, EXPERTS_POW2, BLOCK_M,
@@ -278,6 +293,15 @@ def moe_mxfp4_gemv_dp4a_kernel(
         s_ptrs = (s_ptr + expert.to(tl.int64) * stride_se + offs_n4.to(tl.int64) * stride_sn
                   + offs_g * stride_sg)  # [R, SUB_N, G]
         num_groups = K // 32
+        if L2_PREFETCH and not EMULATE:  # the program's codes and scales, K slice [k_first, k_stop) of its rows
+            first_row = pid_n * BLOCK_N
+            tile_rows = tl.minimum(N - first_row, BLOCK_N)
+            g_begin = k_first * GROUPS
+            g_end = tl.minimum(k_stop * GROUPS, num_groups)
+            prefetch_rows_l2(w_ptr + expert.to(tl.int64) * stride_we + first_row.to(tl.int64) * stride_wn,
+                             stride_wn, tile_rows, g_begin * 4, g_end * 4, 4, THREADS)
+            prefetch_rows_l2(s_ptr + expert.to(tl.int64) * stride_se + first_row.to(tl.int64) * stride_sn,
+                             stride_sn, tile_rows, g_begin * stride_sg, g_end * stride_sg, 1, THREADS)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for m in range(num_rows):  # rows outside, K inside, as the float gemv
             a_row = tl.sum(tl.where(m_ids == m, a_rows, 0), axis=0)

@@ -143,7 +143,7 @@ def gemm_launch(
         SWIGLU_ALPHA=SWIGLU_ALPHA, SWIGLU_LIMIT=SWIGLU_LIMIT, DEQUANT=DEQUANT_CODES[config.dequant],
         ACT_FORMAT=act_format or "fp32",
         BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K, GROUP_M=config.GROUP_M,
-        SPLIT_K=config.SPLIT_K, PERSISTENT=persistent,
+        SPLIT_K=config.SPLIT_K, PERSISTENT=persistent, SWAP_AB=config.swap_ab,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return [KernelLaunch(moe_mxfp4_gemm_kernel, (num_programs,), args, kwargs)]
@@ -181,6 +181,8 @@ def _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks
             w_scales.stride(0), w_scales.stride(1), w_scales.stride(2), bias.stride(0), out.stride(0))
     kwargs["SUB_N"] = dp4a_sub_n(config)
     kwargs["EMULATE"] = a.device.type == "cpu"  # the interpreter; "meta" tensors plan a GPU compile
+    kwargs["L2_PREFETCH"] = config.l2_prefetch
+    kwargs["THREADS"] = 32 * config.num_warps
     return [quantize, KernelLaunch(moe_mxfp4_gemv_dp4a_kernel, (total_tiles,), args, kwargs)]
 
 

@@ -14,7 +14,15 @@ Each program owns a BLOCK_M × BLOCK_N output tile of one expert; the row blocks
 in-kernel from ``expert_offsets`` (a cumulative sum over E), so the host never waits on the routing. Two MXFP4
 paths: ``tl.dot_scaled`` (Triton's microscaling dot; emulated by an upcast to bf16 on Hopper) and an explicit
 upcast (:func:`decode_e2m1_tile`, or the inline-PTX :func:`kernels.moe_gemm.e2m1_ptx.decode_e2m1_tile_ptx` at about a
-quarter of the instructions, bf16 on sm_90+ only) followed by ``tl.dot``.
+quarter of the instructions, bf16 on sm_90+ only) followed by ``tl.dot``. With ``SWAP_AB`` (config ``swap_ab``) an
+upcast tile multiplies ``W · A^T`` instead of ``A · W^T``: the decoded weights become the MMA's first operand, which
+Hopper's wgmma reads from registers (its second operand must be in shared memory), and the routed rows its N side
+(16 rows suffice, where the A-side M of a wgmma is 64). In the sm_90 SASS of the table's BLOCK_M = 16 winners (Triton
+3.9.0 offline, scripts/results/2026-12-07-offline-sm90-swap-ab-l2-prefetch.md) the unswapped tile compiles to
+mma.sync (HMMA) with 126-128 registers, the swapped one to wgmma with 73 (mlp1) / 94 (mlp2).
+
+The gemv kernels' optional L2 prefetch (:func:`prefetch_rows_l2`, config ``l2_prefetch``, dp4a only) issues one
+``prefetch.global.L2`` per 128-byte line of a program's weight tile before its K loop.
 """
 
 from __future__ import annotations
@@ -134,6 +142,48 @@ def _gemv_schedule(pid, N, K, expert_offsets_ptr, NUM_EXPERTS: tl.constexpr, EXP
             real_m_blocks)
 
 
+PREFETCH_LINE_BYTES = tl.constexpr(128)
+"""Bytes one ``prefetch.global.L2`` brings in: an L2 cache line (128 B on every NVIDIA GPU since Fermi)."""
+
+
+@triton.jit
+def _prefetch_l2(ptrs):
+    """``prefetch.global.L2`` of the line holding each address of ``ptrs`` (any shape): asks L2 to fetch it from DRAM
+    without waiting and without taking registers (PTX ISA, "prefetch, prefetchu"; sm_20+). No effect on values."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
+def prefetch_line_offsets(first, row_stride, num_rows, col_begin, col_end, ELEM_BYTES: tl.constexpr,
+                          THREADS: tl.constexpr):
+    """Element offsets (``[THREADS]`` int64) of pass ``first`` (a multiple of THREADS) of
+    :func:`prefetch_rows_l2`: one address per 128-byte line of the elements ``[col_begin, col_end)`` of ``num_rows``
+    rows ``row_stride`` elements apart, and the line count. Rows need not be line-aligned, so each gets one line more
+    than its span (clamped to its last element); passes past the last line repeat it."""
+    ELEMS: tl.constexpr = PREFETCH_LINE_BYTES // ELEM_BYTES
+    lines_per_row = tl.cdiv(col_end - col_begin, ELEMS) + 1
+    total = num_rows * lines_per_row
+    line = tl.minimum(first + tl.arange(0, THREADS), total - 1)
+    row = line // lines_per_row
+    col = tl.minimum(col_begin + (line % lines_per_row) * ELEMS, col_end - 1)
+    return row.to(tl.int64) * row_stride + col, total
+
+
+@triton.jit
+def prefetch_rows_l2(base, row_stride, num_rows, col_begin, col_end, ELEM_BYTES: tl.constexpr, THREADS: tl.constexpr):
+    """Prefetch into L2 the elements ``[col_begin, col_end)`` of ``num_rows`` rows at ``base`` (``row_stride``
+    elements apart), one 128-byte line per thread and pass (THREADS = the program's threads;
+    :func:`prefetch_line_offsets`): a gemv program calls it once for its whole weight tile before its K loop, so
+    that each K step's loads find the bytes in L2 (or already on their way) instead of starting a DRAM round trip
+    per step, while the program holds only one step of them in registers."""
+    first_offsets, total = prefetch_line_offsets(0, row_stride, num_rows, col_begin, col_end, ELEM_BYTES, THREADS)
+    _prefetch_l2(base + first_offsets)
+    for first in range(THREADS, total, THREADS):
+        offsets, lines = prefetch_line_offsets(first, row_stride, num_rows, col_begin, col_end, ELEM_BYTES, THREADS)
+        _prefetch_l2(base + offsets)
+
+
 @triton.jit
 def _gemv_rows(pid_m, e_idx, seg_start, seg_end, seg_blocks, blocks_through, row_token_ptr,
                GATHER_A: tl.constexpr, BLOCK_M: tl.constexpr):
@@ -184,6 +234,26 @@ def _epilogue(acc, rows, row_mask, offs_n, n_mask, pid_n, split, expert, bias_pt
 
 
 @triton.jit
+def _k_step_operands(kt, a_row_ptrs, row_mask, w_base, s_base, offs_n, n_mask, K, stride_wn, stride_sn,
+                     DEQUANT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """K step ``kt`` of an upcast MMA tile: the ``[BM, BK]`` activations (``a_row_ptrs`` ``[BM, 1]`` row pointers)
+    and the decoded ``[BN, BK]`` weights (``DEQUANT`` UPCAST: activation dtype; UPCAST_PTX: bf16)."""
+    offs_k = kt * BLOCK_K + tl.arange(0, BLOCK_K)
+    a = tl.load(a_row_ptrs + offs_k[None, :], mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
+    offs_g = kt * (BLOCK_K // 32) + tl.arange(0, BLOCK_K // 32)
+    scales = tl.load(s_base + offs_n[:, None] * stride_sn + offs_g[None, :],
+                     mask=n_mask[:, None] & (offs_g[None, :] < K // 32), other=127)  # [BN, BK // 32]
+    offs_b = kt * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(w_base + offs_n[:, None] * stride_wn + offs_b[None, :],
+                     mask=n_mask[:, None] & (offs_b[None, :] < K // 2), other=0)  # [BN, BK // 2]
+    if DEQUANT == UPCAST_PTX:
+        w = decode_e2m1_tile_ptx(packed, scales, BLOCK_N, BLOCK_K)  # [BN, BK] bf16
+    else:
+        w = decode_e2m1_tile(packed, scales, BLOCK_N, BLOCK_K, a.dtype)  # [BN, BK]
+    return a, w
+
+
+@triton.jit
 def _gemm_tile(
     tile, a_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, row_token_ptr, row_gate_ptr,
     N, K, num_m_blocks, stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_om,
@@ -191,7 +261,7 @@ def _gemm_tile(
     GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr, FUSE_SWIGLU: tl.constexpr, ATOMIC_OUT: tl.constexpr,
     SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr, DEQUANT: tl.constexpr, ACT_FORMAT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SPLIT_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, SWAP_AB: tl.constexpr,
 ):
     num_n_blocks = tl.cdiv(N, BLOCK_N)
     tiles_per_split = num_m_blocks * num_n_blocks
@@ -222,26 +292,32 @@ def _gemm_tile(
         k_tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
         k_first = split * k_tiles_per_split
         k_stop = tl.minimum(k_first + k_tiles_per_split, k_tiles)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for kt in range(k_first, k_stop):
-            offs_k = kt * BLOCK_K + tl.arange(0, BLOCK_K)
-            a = tl.load(a_row_ptrs + offs_k[None, :], mask=row_mask[:, None] & (offs_k[None, :] < K), other=0.0)
-            offs_g = kt * (BLOCK_K // 32) + tl.arange(0, BLOCK_K // 32)
-            scales = tl.load(s_base + offs_n[:, None] * stride_sn + offs_g[None, :],
-                             mask=n_mask[:, None] & (offs_g[None, :] < K // 32), other=127)  # [BN, BK // 32]
-            offs_b = kt * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-            if DEQUANT != DOT_SCALED:
-                packed = tl.load(w_base + offs_n[:, None] * stride_wn + offs_b[None, :],
-                                 mask=n_mask[:, None] & (offs_b[None, :] < K // 2), other=0)  # [BN, BK // 2]
-                if DEQUANT == UPCAST_PTX:
-                    w = decode_e2m1_tile_ptx(packed, scales, BLOCK_N, BLOCK_K)  # [BN, BK] bf16
+        tl.static_assert(not SWAP_AB or DEQUANT != DOT_SCALED, "swap_ab needs a register decode")
+        if SWAP_AB:  # weights as the MMA's M operand: the accumulator is the transposed [BN, BM] tile
+            acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+            for kt in range(k_first, k_stop):
+                a, w = _k_step_operands(kt, a_row_ptrs, row_mask, w_base, s_base, offs_n, n_mask, K, stride_wn,
+                                        stride_sn, DEQUANT, BLOCK_N, BLOCK_K)
+                acc_t = tl.dot(w, tl.trans(a), acc_t)
+            acc = tl.trans(acc_t)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for kt in range(k_first, k_stop):
+                if DEQUANT != DOT_SCALED:
+                    a, w = _k_step_operands(kt, a_row_ptrs, row_mask, w_base, s_base, offs_n, n_mask, K, stride_wn,
+                                            stride_sn, DEQUANT, BLOCK_N, BLOCK_K)
+                    acc = tl.dot(a, tl.trans(w), acc)
                 else:
-                    w = decode_e2m1_tile(packed, scales, BLOCK_N, BLOCK_K, a.dtype)  # [BN, BK]
-                acc = tl.dot(a, tl.trans(w), acc)
-            else:
-                packed = tl.load(w_base + offs_n[None, :] * stride_wn + offs_b[:, None],
-                                 mask=n_mask[None, :] & (offs_b[:, None] < K // 2), other=0)  # [BK // 2, BN]
-                acc = tl.dot_scaled(a, None, ACT_FORMAT, packed, scales, "e2m1", acc)
+                    offs_k = kt * BLOCK_K + tl.arange(0, BLOCK_K)
+                    a = tl.load(a_row_ptrs + offs_k[None, :], mask=row_mask[:, None] & (offs_k[None, :] < K),
+                                other=0.0)
+                    offs_g = kt * (BLOCK_K // 32) + tl.arange(0, BLOCK_K // 32)
+                    scales = tl.load(s_base + offs_n[:, None] * stride_sn + offs_g[None, :],
+                                     mask=n_mask[:, None] & (offs_g[None, :] < K // 32), other=127)  # [BN, BK // 32]
+                    offs_b = kt * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+                    packed = tl.load(w_base + offs_n[None, :] * stride_wn + offs_b[:, None],
+                                     mask=n_mask[None, :] & (offs_b[:, None] < K // 2), other=0)  # [BK // 2, BN]
+                    acc = tl.dot_scaled(a, None, ACT_FORMAT, packed, scales, "e2m1", acc)
         _epilogue(acc, rows, row_mask, offs_n, n_mask, pid_n, split, expert, bias_ptr, out_ptr, row_token_ptr,
                   row_gate_ptr, N, stride_be, stride_om, SCATTER_OUT, FUSE_SWIGLU, ATOMIC_OUT, SWIGLU_ALPHA,
                   SWIGLU_LIMIT, BLOCK_M, BLOCK_N)
@@ -256,7 +332,7 @@ def moe_mxfp4_gemm_kernel(
     GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr, FUSE_SWIGLU: tl.constexpr, ATOMIC_OUT: tl.constexpr,
     SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr, DEQUANT: tl.constexpr, ACT_FORMAT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SPLIT_K: tl.constexpr, PERSISTENT: tl.constexpr,
+    SPLIT_K: tl.constexpr, PERSISTENT: tl.constexpr, SWAP_AB: tl.constexpr,
 ):
     """MoE grouped GEMM with MXFP4 weights.
 
@@ -278,13 +354,13 @@ def moe_mxfp4_gemm_kernel(
                        N, K, num_m_blocks, stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_be,
                        stride_om, e_idx, seg_start, seg_end, seg_blocks, blocks_through, real_m_blocks,
                        GATHER_A, SCATTER_OUT, FUSE_SWIGLU, ATOMIC_OUT, SWIGLU_ALPHA, SWIGLU_LIMIT, DEQUANT,
-                       ACT_FORMAT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K)
+                       ACT_FORMAT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K, SWAP_AB)
     else:
         _gemm_tile(pid, a_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, row_token_ptr, row_gate_ptr,
                    N, K, num_m_blocks, stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_be,
                    stride_om, e_idx, seg_start, seg_end, seg_blocks, blocks_through, real_m_blocks,
                    GATHER_A, SCATTER_OUT, FUSE_SWIGLU, ATOMIC_OUT, SWIGLU_ALPHA, SWIGLU_LIMIT, DEQUANT,
-                   ACT_FORMAT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K)
+                   ACT_FORMAT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K, SWAP_AB)
 
 
 @triton.jit(do_not_specialize=["num_m_blocks"])

@@ -14,6 +14,9 @@ rotate experts, so the weights come from DRAM).
 
 ``--gemv-sweep`` also times a small grid of gemv configs (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT_K) at each
 decode M and prints the fastest: evidence for the gemv defaults, not a substitute for ``autotune run``.
+``--mma-sweep`` times a grid of MMA configs (``--mma-grid``) at the ``--mma-M`` token counts, each with and without
+``swap_ab`` (the decoded weights as the MMA's first operand), plus the table's config at each shape both ways, and
+prints the best of each side: the evidence for where swap-AB pays.
 
     python scripts/bench_moe_variants.py --out scripts/results/<date>-<device>-moe-variants.md   # H200: ~1-2 min
     python scripts/bench_moe_variants.py --cpu-smoke    # tiny shapes under TRITON_INTERPRET=1 (tests run this)
@@ -34,12 +37,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 M_VALUES = (1, 2, 4, 8, 16, 64, 256, 2048)
 MODELS = {"20b": 32, "120b": 128}
 SMOKE = {"hidden": 64, "intermediate": 64, "E": 4, "top_k": 2, "M": (1, 3, 16)}
-"""--cpu-smoke shapes: small enough for the interpreter (a few seconds per launch), M = 16 beyond the gemv range."""
+"""--cpu-smoke shapes: small enough for the interpreter (a few seconds per launch), M = 16 beyond the gemv range (the
+only M of --mma-sweep there; --M '' skips the default rows)."""
 
-GEMV_SWEEP = {"BLOCK_N": (16, 32, 64), "BLOCK_K": (256, 512), "num_warps": (4, 8), "num_stages": (1, 2)}
+GEMV_SWEEP = {"BLOCK_N": (16, 32, 64), "BLOCK_K": (256, 512), "num_warps": (4, 8), "num_stages": (1, 2),
+              "l2_prefetch": (False,)}
 GEMV_SWEEP_SPLIT_K = (1, 2, 4)
 """The --gemv-sweep grid (SPLIT_K for mlp2 only: mlp1's fused SwiGLU needs the whole K sum); small enough to
 compile and time in about a minute on an H200."""
+
+
+MMA_SWEEP = {"BLOCK_M": (64, 128), "BLOCK_N": (128, 256), "BLOCK_K": (64, 128), "num_warps": (8,),
+             "num_stages": (3,), "GROUP_M": (8,), "dequant": ("upcast_ptx",)}
+"""The default --mma-grid (prefill-sized tiles); every config is timed with swap_ab False and True."""
 
 
 GEMV_DECODE_ROWS = {"upcast": "gemv", "upcast_ptx": "gemv+ptx", "dp4a": "gemv+dp4a"}
@@ -60,19 +70,35 @@ def _parse_args(argv):
                         '\'{"num_warps": [4], "num_stages": [1]}\'')
     parser.add_argument("--sweep-mlp1-split-k", default="1", help="SPLIT_K values of --gemv-sweep for mlp1 (above "
                         "1 with the unfused SwiGLU, whose split sums accumulate in float32)")
+    parser.add_argument("--mma-sweep", action="store_true", help="time MMA configs with and without swap_ab")
+    parser.add_argument("--mma-M", default="2048,8192", help="token counts of --mma-sweep, comma-separated")
+    parser.add_argument("--mma-grid", default="{}", help="JSON replacing --mma-sweep grid values (keys of "
+                        "BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, GROUP_M, dequant)")
+    parser.add_argument("--table", help="table whose config at each --mma-M shape is also timed both ways "
+                        "(default: studies/tables/configs.json)")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes under the Triton interpreter")
     parser.add_argument("--out", help="also write the markdown report here")
     args = parser.parse_args(argv)
     try:
-        args.M = [int(v) for v in args.M.split(",")]
+        args.M = [int(v) for v in args.M.split(",") if v]
         args.sweep_M = [int(v) for v in args.sweep_M.split(",")]
         args.sweep_block_n = tuple(int(v) for v in args.sweep_block_n.split(","))
         args.sweep_mlp1_split_k = tuple(int(v) for v in args.sweep_mlp1_split_k.split(","))
-        args.sweep_grid = {key: tuple(int(v) for v in values) for key, values in json.loads(args.sweep_grid).items()}
+        args.sweep_grid = {key: tuple((bool if key == "l2_prefetch" else int)(v) for v in values)
+                           for key, values in json.loads(args.sweep_grid).items()}
+        args.mma_M = [int(v) for v in args.mma_M.split(",")]
+        mma_grid = json.loads(args.mma_grid)
+        args.mma_grid = {key: tuple(values) for key, values in mma_grid.items()}
     except (ValueError, TypeError, AttributeError):
         parser.error(f"--M, --sweep-M, --sweep-block-n and --sweep-mlp1-split-k must be comma-separated integers and "
                      f"--sweep-grid a JSON object of integer lists, got {args.M!r} / {args.sweep_M!r} / "
-                     f"{args.sweep_block_n!r} / {args.sweep_mlp1_split_k!r} / {args.sweep_grid!r}")
+                     f"{args.sweep_block_n!r} / {args.sweep_mlp1_split_k!r} / {args.sweep_grid!r}; --mma-M "
+                     f"comma-separated integers and --mma-grid a JSON object of lists, got {args.mma_M!r} / "
+                     f"{args.mma_grid!r}")
+    unknown = sorted(set(args.mma_grid) - set(MMA_SWEEP))
+    if unknown:
+        parser.error(f"--mma-grid: unknown keys {unknown} (known: {', '.join(MMA_SWEEP)})")
+    args.mma_grid = {**MMA_SWEEP, **args.mma_grid}
     unknown = sorted(set(args.sweep_grid) - set(GEMV_SWEEP))
     if unknown:
         parser.error(f"--sweep-grid: unknown keys {unknown} (known: {', '.join(GEMV_SWEEP)})")
@@ -81,8 +107,8 @@ def _parse_args(argv):
     unknown = sorted(set(args.sweep_dequant) - set(GEMV_DECODE_ROWS))
     if unknown:
         parser.error(f"--sweep-dequant: unknown decodes {unknown} (known: {', '.join(GEMV_DECODE_ROWS)})")
-    if not args.M or min(args.M) < 1:
-        parser.error("--M values must be >= 1")
+    if (not args.M and not args.mma_sweep) or min(args.M, default=1) < 1:
+        parser.error("--M values must be >= 1 (--M '' with --mma-sweep times the sweep only)")
     return args
 
 
@@ -176,6 +202,8 @@ def _sweep_gemv(moe, bench, variant, shape, sets, rep_ms, dequants, grid,
                   "schedule": "grid", "programs_per_sm": 1, "BLOCK_M": 16, **params}
         if variant == "mlp1" and params["SPLIT_K"] > 1:
             config["fuse_swiglu"] = params["fuse_swiglu"] = False
+        if config["l2_prefetch"] and config["dequant"] != "dp4a":
+            continue  # (the prefetch exists on the dp4a gemv only)
         if space.check(config, shape.as_dict(), bench.profile) is not None:
             continue
         cfg = moe.config_from_dict(config)
@@ -184,6 +212,45 @@ def _sweep_gemv(moe, bench, variant, shape, sets, rep_ms, dequants, grid,
         if best is None or us < best[0]:
             best = (us, params)
     return best
+
+
+def _sweep_mma(moe, bench, variant, shape, sets, rep_ms, grid, table) -> tuple[list[str], str] | None:
+    """Time every config of ``grid`` (:data:`MMA_SWEEP`'s keys, on the MMA default) and the table's config at
+    ``shape`` with ``swap_ab`` False and True (each checked against the fp32 reference first; configs the search
+    space prunes are skipped). Returns the per-config lines and the summary row (best of each side), or None."""
+    from search_spaces import moe_gemm as space_mod
+
+    space = space_mod.space(variant, shape.as_dict(), bench.profile)
+    base = {**moe.heuristics.path_default(variant, shape.as_dict(), bench.profile, "mma")}
+    candidates = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    if table is not None:
+        served = table.lookup("moe_gemm", variant, shape.as_dict()).config.as_dict()
+        if served["path"] == "mma" and served["dequant"] in ("upcast", "upcast_ptx"):
+            candidates.insert(0, {**served, "table": True})
+    lines, best = [], {False: None, True: None}
+    for params in candidates:
+        from_table = params.pop("table", False)
+        for swap in (False, True):
+            config = {**base, **params, "swap_ab": swap}
+            reason = space.check(config, shape.as_dict(), bench.profile)
+            if reason is not None:
+                lines.append(f"  mma {variant} M={shape.M} swap_ab={swap}: pruned ({reason}) {params}")
+                continue
+            cfg = moe.config_from_dict(config)
+            bench.check(moe, variant, shape, cfg, seed=11)
+            us = bench.time_us(moe, variant, sets, cfg, rep_ms)
+            label = "table " if from_table else ""
+            lines.append(f"  mma {variant} M={shape.M} swap_ab={swap}: {us:.1f} us {label}{params}")
+            print(lines[-1], flush=True)
+            if best[swap] is None or us < best[swap][0]:
+                best[swap] = (us, label + str(params))
+    if best[False] is None or best[True] is None:
+        return None
+    cost = moe.cost(variant, sets)
+    (us0, cfg0), (us1, cfg1) = best[False], best[True]
+    return lines, (f"| {variant} | {shape.M} | {us0:.1f} | {us1:.1f} | {us0 / us1:.2f} | "
+                   f"{cost.flops / us1 / 1e6 / bench.mm_tflops:.2f} | {cost.bytes / us1 / 1e3 / bench.copy_gbps:.2f} "
+                   f"| {cfg0} | {cfg1} |")
 
 
 def run(args) -> list[str]:
@@ -195,7 +262,7 @@ def run(args) -> list[str]:
     bench = _Bench(args.cpu_smoke)
     if args.cpu_smoke:
         dims = {k: SMOKE[k] for k in ("hidden", "intermediate", "E", "top_k")}
-        m_values, title = SMOKE["M"], "CPU smoke (tiny shapes)"
+        m_values, title = (SMOKE["M"] if args.M else ()), "CPU smoke (tiny shapes)"
     else:
         dims = {"hidden": 2880, "intermediate": 2880, "E": MODELS[args.model], "top_k": 4}
         m_values, title = args.M, f"gpt-oss-{args.model} shapes"
@@ -241,7 +308,33 @@ def run(args) -> list[str]:
     if sweeps:
         lines += ["", "## Fastest gemv config of the sweep (BLOCK_M=16)", "",
                   "| variant | M | us | GB/s | GB/s / copy | config |", "|---|---|---|---|---|---|", *sweeps]
+    if args.mma_sweep:
+        lines += _mma_sweep_report(moe, bench, dims, SMOKE["M"][-1:] if args.cpu_smoke else args.mma_M, args)
     return lines
+
+
+def _mma_sweep_report(moe, bench, dims, m_values, args) -> list[str]:
+    """The --mma-sweep section: best MMA config without and with swap_ab per variant and M, then every timing."""
+    table = None
+    if not bench.cpu:
+        from autotune.table.lookup import open_table
+
+        table = open_table(args.table, bench.profile)
+    rows, details = [], []
+    for variant in moe.VARIANTS:
+        for m in m_values:
+            shape = moe.MoeShape.for_variant(variant, M=m, **dims)
+            result = _sweep_mma(moe, bench, variant, shape, _timing_sets(moe, bench, variant, shape),
+                                min(args.rep_ms, 30.0), args.mma_grid, table)
+            if result is not None:
+                details += result[0]
+                rows.append(result[1])
+                print(rows[-1], flush=True)
+    return ["", "## MMA configs without and with swap_ab (best of each side)", "",
+            f"grid {args.mma_grid}; table {'none' if table is None or table.table is None else table.table.path}", "",
+            ("| variant | M | best us | best us, swap_ab | speedup | TFLOP/s / bf16 mm (swap) | GB/s / copy (swap) | "
+             "config | config, swap_ab |"), "|---|---|---|---|---|---|---|---|---|", *rows,
+            "", "## Every --mma-sweep measurement (µs)", "", "```", *details, "```"]
 
 
 def main(argv=None) -> int:

@@ -39,3 +39,22 @@ def test_cpu_smoke_writes_a_report(tmp_path):
 def test_bad_m_is_a_usage_error():
     proc = _run("--cpu-smoke", "--M", "1,x")
     assert proc.returncode == 2 and "--M" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cpu_smoke_mma_sweep_times_both_operand_orders(tmp_path):
+    out = tmp_path / "sweep.md"
+    grid = ('{"BLOCK_M": [16], "BLOCK_N": [32], "BLOCK_K": [32], "num_warps": [4], "num_stages": [1], '
+            '"GROUP_M": [1], "dequant": ["upcast"]}')
+    proc = _run("--cpu-smoke", "--M", "", "--mma-sweep", "--mma-grid", grid, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| mlp")]
+    assert {(r[0].strip(), int(r[1])) for r in rows} == {("mlp1", 16), ("mlp2", 16)}
+    for row in rows:
+        assert float(row[2]) > 0 and float(row[3]) > 0  # best µs without and with swap_ab
+    assert text.count("swap_ab=True") == 2 and text.count("swap_ab=False") == 2  # every timing listed
+
+
+def test_bad_mma_grid_is_a_usage_error():
+    proc = _run("--cpu-smoke", "--mma-sweep", "--mma-grid", '{"BLOCK_Q": [1]}')
+    assert proc.returncode == 2 and "--mma-grid" in proc.stderr and "Traceback" not in proc.stderr

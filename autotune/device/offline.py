@@ -11,7 +11,7 @@ does not pipeline the K loop, and reports far less shared memory than a real lau
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _DTYPE_CODES = {
     "torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.uint8": "u8",
@@ -30,12 +30,14 @@ class CompiledInfo:
         target: e.g. "cuda:121".
         shared_bytes: shared memory per program, bytes.
         num_warps: warps per program.
+        asm: the compiler's outputs by stage name (``"ttgir"``, ``"ptx"`` text, ``"cubin"`` bytes, ...).
     """
 
     name: str
     target: str
     shared_bytes: int
     num_warps: int
+    asm: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def _arg_type(value) -> str:
@@ -86,4 +88,4 @@ def compile_launch(kernel, args: tuple, kwargs: dict, *, capability: int, warp_s
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", capability, warp_size), options=options)
     return CompiledInfo(name=kernel.__name__, target=f"cuda:{capability}", shared_bytes=int(compiled.metadata.shared),
-                        num_warps=int(compiled.metadata.num_warps))
+                        num_warps=int(compiled.metadata.num_warps), asm=dict(compiled.asm))

@@ -150,8 +150,9 @@ PREFETCH_LINE_BYTES = tl.constexpr(128)
 def _prefetch_l2(ptrs):
     """``prefetch.global.L2`` of the line holding each address of ``ptrs`` (any shape): asks L2 to fetch it from DRAM
     without waiting and without taking registers (PTX ISA, "prefetch, prefetchu"; sm_20+). No effect on values."""
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                              is_pure=False, pack=1)
+    # The addresses go in as int64 (a pointer-to-integer cast): older Tritons take only numeric inline-asm operands.
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs.to(tl.int64)],
+                              dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit

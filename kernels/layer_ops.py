@@ -30,6 +30,7 @@ import triton.language as tl
 from kernels import interpreter_active
 from kernels.attention.config import FP8_MAX
 from kernels.launch_plan import KernelLaunch
+from kernels.moe_gemm.gemv_dp4a import RECORD_WORDS, store_activation_records
 
 ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 """Activation dtypes (bf16 on GPUs; fp16/fp32 under the interpreter, whose bf16 dot is wrong)."""
@@ -48,11 +49,13 @@ FP8_MAX_VALUE = tl.constexpr(FP8_MAX)
 # --------------------------------------------------------------------------------------------------------------------
 
 @triton.jit
-def add_rms_norm_kernel(x_ptr, delta_ptr, scale_ptr, x_out_ptr, h_ptr, H, stride_x, stride_delta, stride_x_out,
-                        stride_h, eps, HAS_DELTA: tl.constexpr, BLOCK_H: tl.constexpr):
+def add_rms_norm_kernel(x_ptr, delta_ptr, scale_ptr, x_out_ptr, h_ptr, rec_ptr, H, stride_x, stride_delta,
+                        stride_x_out, stride_h, stride_rec, eps, HAS_DELTA: tl.constexpr, BLOCK_H: tl.constexpr,
+                        RECORDS: tl.constexpr):
     """One row: ``x_new = (x + delta)`` rounded to x's dtype (stored when HAS_DELTA), ``h = x_new · rsqrt(mean(
     x_new²) + eps) · scale`` in fp32, rounded to h's dtype. The whole row is loaded before anything is stored, so
-    x_out may be x (in place)."""
+    x_out may be x (in place). With RECORDS, also the dp4a activation records of the rounded h (``rec`` ``[N, H/32,
+    RECORD_WORDS]`` int32; :func:`kernels.moe_gemm.gemv_dp4a.store_activation_records`, H a multiple of 32)."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     mask = cols < H
@@ -65,7 +68,13 @@ def add_rms_norm_kernel(x_ptr, delta_ptr, scale_ptr, x_out_ptr, h_ptr, H, stride
     mean_sq = tl.sum(x32 * x32, axis=0) / H  # masked columns are 0: they add nothing
     inv_rms = tl.math.rsqrt(mean_sq + eps)
     scale = tl.load(scale_ptr + cols, mask=mask, other=0.0)
-    tl.store(h_ptr + row * stride_h + cols, (x32 * inv_rms * scale).to(h_ptr.dtype.element_ty), mask=mask)
+    h = (x32 * inv_rms * scale).to(h_ptr.dtype.element_ty)
+    tl.store(h_ptr + row * stride_h + cols, h, mask=mask)
+    if RECORDS:  # the groups of the rounded h, as the dp4a pre-pass would read them back
+        GROUPS: tl.constexpr = BLOCK_H // 32
+        offs_g = tl.arange(0, GROUPS)
+        store_activation_records(rec_ptr + row * stride_rec, tl.reshape(h.to(tl.float32), (GROUPS, 32)), offs_g,
+                                 offs_g < H // 32, GROUPS)
 
 
 @triton.jit
@@ -197,7 +206,8 @@ def _check_int(name: str, value, minimum: int) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 
 def add_rms_norm_launches(x: torch.Tensor, delta: torch.Tensor | None, scale: torch.Tensor, *, eps: float,
-                          inplace: bool = False, out: torch.Tensor | None = None
+                          inplace: bool = False, out: torch.Tensor | None = None,
+                          records: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor, list[KernelLaunch]]:
     """Check, allocate and plan :func:`add_rms_norm` without running it. Returns ``(x_new, h, launches)``
     (no launch when N = 0)."""
@@ -237,6 +247,8 @@ def add_rms_norm_launches(x: torch.Tensor, delta: torch.Tensor | None, scale: to
         _check_device(x.device, out=out)
         if rows and out.data_ptr() == x.data_ptr():
             raise ValueError("out must not be x: h would overwrite the residual stream")
+    if records is not None:
+        _check_records(records, rows, hidden, x.device)
     if delta is None or inplace:
         x_new = x
     else:
@@ -246,15 +258,29 @@ def add_rms_norm_launches(x: torch.Tensor, delta: torch.Tensor | None, scale: to
     block = triton.next_power_of_2(hidden)
     launch = KernelLaunch(
         kernel=add_rms_norm_kernel, grid=(rows,),
-        args=(x, delta if delta is not None else x, scale, x_new, out, hidden, x.stride(0),
-              delta.stride(0) if delta is not None else 0, x_new.stride(0), out.stride(0), float(eps)),
-        kwargs={"HAS_DELTA": delta is not None, "BLOCK_H": block, "num_warps": max(1, min(8, block // 512)),
-                "enable_fp_fusion": False})
+        args=(x, delta if delta is not None else x, scale, x_new, out, records if records is not None else out,
+              hidden, x.stride(0), delta.stride(0) if delta is not None else 0, x_new.stride(0), out.stride(0),
+              records.stride(0) if records is not None else 0, float(eps)),
+        kwargs={"HAS_DELTA": delta is not None, "BLOCK_H": block, "RECORDS": records is not None,
+                "num_warps": max(1, min(8, block // 512)), "enable_fp_fusion": False})
     return x_new, out, [launch]
 
 
+def _check_records(records: torch.Tensor, rows: int, hidden: int, device: torch.device) -> None:
+    if not isinstance(records, torch.Tensor) or records.dtype != torch.int32:
+        raise TypeError(f"records must be an int32 tensor, got {getattr(records, 'dtype', type(records).__name__)}")
+    if hidden % 32:
+        raise ValueError(f"records need H to be a multiple of 32 (the dp4a group), got H={hidden}")
+    want = (rows, hidden // 32, RECORD_WORDS.value)
+    if tuple(records.shape) != want or records.stride(2) != 1 or records.stride(1) != RECORD_WORDS.value:
+        raise ValueError(f"records must be a [N, H/32, {RECORD_WORDS.value}] int32 tensor with contiguous groups, "
+                         f"shape {want}; got {tuple(records.shape)} with strides {tuple(records.stride())}")
+    _check_device(device, records=records)
+
+
 def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, scale: torch.Tensor, *, eps: float,
-                 inplace: bool = False, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 inplace: bool = False, out: torch.Tensor | None = None,
+                 records: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual add then RMSNorm in one launch: ``x_new = x + delta``, ``h = rms_norm(x_new) · scale``.
 
     In the model, ``delta`` is the attention output projection (bf16) or the MoE output (fp32) and ``h`` feeds the
@@ -269,6 +295,9 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, scale: torch.Tenso
         inplace: write ``x_new`` into ``x`` (then ``x_new is x``). Without it a new tensor holds ``x_new``.
             Ignored when ``delta`` is None (``x_new is x``: nothing changes).
         out: optional ``[N, H]`` tensor of x's dtype (last dim contiguous, not x itself) that receives ``h``.
+        records: optional int32 ``[N, H/32, 32]`` tensor that receives the dp4a activation records of ``h``
+            (:mod:`kernels.moe_gemm.gemv_dp4a`), bit for bit what the dp4a gemv's own pre-pass would compute, so
+            that :func:`kernels.moe_gemm.moe_mlp1` with ``records`` skips that launch.
 
     Returns:
         ``(x_new, h)``, both ``[N, H]`` in x's dtype.
@@ -285,7 +314,7 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, scale: torch.Tenso
         ValueError: wrong shapes, a non-contiguous last dimension, mixed devices, H > :data:`MAX_HIDDEN`, a negative
             or non-finite eps, or ``out`` that is ``x``.
     """
-    x_new, h, launches = add_rms_norm_launches(x, delta, scale, eps=eps, inplace=inplace, out=out)
+    x_new, h, launches = add_rms_norm_launches(x, delta, scale, eps=eps, inplace=inplace, out=out, records=records)
     for launch in launches:
         launch.run()
     return x_new, h

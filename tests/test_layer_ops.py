@@ -541,6 +541,10 @@ def compile_report(capability: int) -> dict:
         _, _, (launch,) = layer_ops.add_rms_norm_launches(x, delta, torch.empty(2880, **meta), eps=EPS,
                                                           inplace=True)
         report[name] = compile_planned(launch, capability).asm["ptx"]
+    records = torch.empty(4, 2880 // 32, 32, dtype=torch.int32, **meta)  # + the dp4a records of h
+    _, _, (launch,) = layer_ops.add_rms_norm_launches(x, torch.empty_like(x), torch.empty(2880, **meta), eps=EPS,
+                                                      inplace=True, records=records)
+    report["norm_bf16_records"] = compile_planned(launch, capability).asm["ptx"]
     tokens, hq, hkv, d = 4, 64, 8, 64
     qkv = torch.empty(tokens, (hq + 2 * hkv) * d, dtype=torch.bfloat16, **meta)
     table = torch.empty(4096, d // 2, **meta)
@@ -562,8 +566,8 @@ def sm90_ptx():
 
 
 def test_sm90_offline_compile(sm90_ptx):
-    assert set(sm90_ptx) == {"norm_bf16_delta", "norm_fp32_delta", "norm_plain", "rope_bf16", "rope_fp8",
-                             "rope_fp8_software"}
+    assert set(sm90_ptx) == {"norm_bf16_delta", "norm_fp32_delta", "norm_plain", "norm_bf16_records", "rope_bf16",
+                             "rope_fp8", "rope_fp8_software"}
     for name, ptx in sm90_ptx.items():
         assert re.search(r"^\.target sm_90a\b", ptx, re.MULTILINE), name
     # The hardware e4m3 conversion (round to nearest even, saturating) in the GPU path; none in the others.
@@ -573,6 +577,8 @@ def test_sm90_offline_compile(sm90_ptx):
     for name in ("rope_bf16", "rope_fp8"):
         assert not re.search(r"\bfma\.rn\.f32\b", sm90_ptx[name]), name
     assert "st.global" in sm90_ptx["norm_bf16_delta"]
+    # With records the norm also stores the 27 record words of each group: more stores than without.
+    assert sm90_ptx["norm_bf16_records"].count("st.global") > sm90_ptx["norm_bf16_delta"].count("st.global")
 
 
 if __name__ == "__main__":  # the offline-compile subprocess of the `sm90_ptx` fixture

@@ -24,7 +24,7 @@ from autotune.model.rope import RopeTable
 from kernels.attention import attention_decode, attention_prefill, kv_storage_dtype
 from kernels.gemv import GemvConfig, gemv
 from kernels.layer_ops import add_rms_norm, rope_qkv_write
-from kernels.moe_gemm import moe_mlp1, moe_mlp2
+from kernels.moe_gemm import activation_records, moe_mlp1, moe_mlp2
 from kernels.moe_routing import route
 
 STAGES = ("embed", "attn_norm_qkv", "rope_kv_write", "attention", "attn_out", "mlp_norm_router", "routing",
@@ -142,7 +142,7 @@ class GptOss:
 
         Each block's two residual adds are fused into the RMSNorm that follows them (the MoE output of block n is
         added by block n + 1's attention norm, the last one by the final norm); RoPE and the KV-cache store are one
-        launch. Numerically the same as ``x = x + attn(norm(x)); x = (x.float() + moe(norm(x))).to(x.dtype)``.
+        launch; when mlp1 runs the dp4a gemv, the MLP norm also writes its activation records (no pre-pass launch). Numerically the same as ``x = x + attn(norm(x)); x = (x.float() + moe(norm(x))).to(x.dtype)``.
 
         Args:
             x: ``[N, H]`` activation dtype, N = B'·T tokens, owned by this call.
@@ -173,13 +173,14 @@ class GptOss:
             with self._stage("attn_out"):
                 delta = project(attn, layer.out_w, layer.out_b, step.attn_out)  # [N, H]
             with self._stage("mlp_norm_router"):
-                x, h = add_rms_norm(x, delta, layer.mlp_norm, eps=RMS_EPS, inplace=True)
+                records = activation_records(step.mlp1, x)  # the dp4a gemv's input, written by the norm
+                x, h = add_rms_norm(x, delta, layer.mlp_norm, eps=RMS_EPS, inplace=True, records=records)
                 router_logits = project(h, layer.gate_w, layer.gate_b, step.router)  # [N, E]
             with self._stage("routing"):
                 routing = route(router_logits, c.experts_per_token)
             with self._stage("moe_mlp1"):
                 a = moe_mlp1(h, routing, layer.mlp1_blocks, layer.mlp1_scales, layer.mlp1_bias,
-                             step.mlp1)                                      # [R, I]
+                             step.mlp1, records=records)                     # [R, I]
             with self._stage("moe_mlp2"):
                 pending = moe_mlp2(a, routing, layer.mlp2_blocks, layer.mlp2_scales, layer.mlp2_bias,
                                    step.mlp2)                                # [N, H] fp32, gate-weighted sum over k

@@ -18,7 +18,8 @@ from kernels.moe_gemm.config import VARIANTS, MoeGemmConfig, MoeShape
 from kernels.moe_gemm.inputs import MoeGemmInputs, make_empty_inputs, make_inputs, make_rotating_inputs
 from kernels.launch_plan import KernelLaunch
 from kernels.moe_gemm.heuristics import default_config
-from kernels.moe_gemm.launch import activation_dtype_problem, mlp1_launches, mlp2_launches, moe_mlp1, moe_mlp2
+from kernels.moe_gemm.launch import (activation_dtype_problem, activation_records, mlp1_launches, mlp2_launches,
+                                    moe_mlp1, moe_mlp2)
 from kernels.moe_gemm.reference import Cost, Tolerance, mlp1_reference, mlp2_reference, swiglu_reference
 from kernels.moe_gemm.reference import cost as _cost
 from kernels.moe_gemm.reference import tolerance
@@ -37,7 +38,7 @@ SOURCE_FILES = tuple(Path(__file__).parent / name for name in ("triton_kernels.p
 are not: they do not change a measured config's speed)."""
 
 __all__ = [
-    "default_config", "config_problem",
+    "default_config", "config_problem", "activation_records",
     "BUCKET_DIM", "EXAMPLE_DIMS", "NAME", "SOURCE_FILES", "VARIANTS", "Cost", "KernelLaunch", "MoeGemmConfig",
     "MoeGemmInputs",
     "MoeShape", "Tolerance", "config_from_dict", "cost", "launch", "launches", "make_empty_inputs", "make_inputs",

@@ -164,18 +164,11 @@ float32 bits of ``factor``, then 5 words of padding (16-byte aligned fields, one
 
 
 @triton.jit
-def quantize_activations_kernel(a_ptr, q_ptr, rows, K, stride_am, stride_qm, GROUPS: tl.constexpr):
-    """Split every 32-group of ``a`` ``[rows, K]`` (any float dtype) into its :data:`RECORD_WORDS` record of
-    ``q`` ``[rows, K/32, 32]`` int32 (:func:`quantize_activation_groups`); program ``(r, b)`` does row r, groups
-    ``b·GROUPS ..``. Run once per call before :func:`moe_mxfp4_gemv_dp4a_kernel`, so that the work is not repeated
-    by each of its N-block programs."""
-    row = tl.program_id(0)
-    offs_g = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
-    g_mask = offs_g < K // 32
-    a = tl.load(a_ptr + row.to(tl.int64) * stride_am + offs_g[:, None] * 32 + tl.arange(0, 32)[None, :],
-                mask=g_mask[:, None], other=0.0).to(tl.float32)  # [G, 32]
+def store_activation_records(rec_row_ptr, a, offs_g, g_mask, GROUPS: tl.constexpr):
+    """Quantize ``a`` ``[G, 32]`` float32 (:func:`quantize_activation_groups`) and store group ``offs_g[i]``'s
+    :data:`RECORD_WORDS` record at ``rec_row_ptr + offs_g[i] · RECORD_WORDS`` (int32 words) where ``g_mask``."""
     hi0, hi1, mid0, mid1, lo0, lo1, corr_hi, corr_lm, factor = quantize_activation_groups(a, GROUPS)
-    rec = q_ptr + row.to(tl.int64) * stride_qm + offs_g * RECORD_WORDS  # [G]
+    rec = rec_row_ptr + offs_g * RECORD_WORDS  # [G]
     offs4 = tl.arange(0, 4)[None, :]
     m4 = g_mask[:, None]
     tl.store(rec[:, None] + offs4, hi0, mask=m4)
@@ -187,6 +180,21 @@ def quantize_activations_kernel(a_ptr, q_ptr, rows, K, stride_am, stride_qm, GRO
     tl.store(rec + 24, corr_hi, mask=g_mask)
     tl.store(rec + 25, corr_lm, mask=g_mask)
     tl.store(rec + 26, factor.to(tl.int32, bitcast=True), mask=g_mask)
+
+
+@triton.jit
+def quantize_activations_kernel(a_ptr, q_ptr, rows, K, stride_am, stride_qm, GROUPS: tl.constexpr):
+    """Split every 32-group of ``a`` ``[rows, K]`` (any float dtype) into its :data:`RECORD_WORDS` record of
+    ``q`` ``[rows, K/32, 32]`` int32 (:func:`quantize_activation_groups`); program ``(r, b)`` does row r, groups
+    ``b·GROUPS ..``. Run once per call before :func:`moe_mxfp4_gemv_dp4a_kernel`, so that the work is not repeated
+    by each of its N-block programs (or not at all where the kernel that wrote ``a`` also wrote its records, e.g.
+    :func:`kernels.layer_ops.add_rms_norm` with ``records``)."""
+    row = tl.program_id(0)
+    offs_g = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
+    g_mask = offs_g < K // 32
+    a = tl.load(a_ptr + row.to(tl.int64) * stride_am + offs_g[:, None] * 32 + tl.arange(0, 32)[None, :],
+                mask=g_mask[:, None], other=0.0).to(tl.float32)  # [G, 32]
+    store_activation_records(q_ptr + row.to(tl.int64) * stride_qm, a, offs_g, g_mask, GROUPS)
 
 
 @triton.jit

@@ -94,6 +94,7 @@ def gemm_launch(
     scatter_out: bool,
     fuse_swiglu: bool,
     atomic_out: bool,
+    records: torch.Tensor | None = None,
 ) -> list[KernelLaunch]:
     """Arguments, constexprs and grid of the :func:`moe_mxfp4_gemm_kernel` launch, or of the gemv's launches (the
     dp4a decode adds its activation pre-pass first); nothing runs.
@@ -110,12 +111,16 @@ def gemm_launch(
         scatter_out: ``out[row_token[r]] += row_gate[r] * y[r]`` (mlp2).
         fuse_swiglu: SwiGLU epilogue writing ``[R, N/2]``.
         atomic_out: accumulate ``[R, N]`` float32 with atomics (split-K without scatter).
+        records: the dp4a activation records of ``a`` (``[rows of a, K/32, 32]`` int32, e.g. written by
+            :func:`kernels.layer_ops.add_rms_norm`); the dp4a gemv then skips its pre-pass. Only with
+            ``dequant="dp4a"``.
 
     Returns:
         The :class:`KernelLaunch` list, in launch order.
 
     Raises:
-        ValueError: if the activation dtype cannot use the chosen dequant path.
+        ValueError: if the activation dtype cannot use the chosen dequant path, or ``records`` come with another
+            decode or do not match ``a``.
     """
     num_experts, n = w_blocks.shape[0], w_blocks.shape[1]
     k = a.shape[1]
@@ -125,10 +130,12 @@ def gemm_launch(
         raise ValueError(problem)
     num_m_blocks = max_row_blocks(routing.num_rows, num_experts, config.BLOCK_M)
     total_tiles = num_m_blocks * triton.cdiv(n, config.BLOCK_N) * config.SPLIT_K
+    if records is not None:
+        _check_records(records, a, config)
     if config.path == "gemv":
         return _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks, total_tiles,
                             gather_a=gather_a, scatter_out=scatter_out, fuse_swiglu=fuse_swiglu,
-                            atomic_out=atomic_out)
+                            atomic_out=atomic_out, records=records)
     persistent = config.schedule == "persistent"
     num_programs = min(total_tiles, _num_sms(a.device) * config.programs_per_sm) if persistent else total_tiles
     args = (
@@ -149,11 +156,22 @@ def gemm_launch(
     return [KernelLaunch(moe_mxfp4_gemm_kernel, (num_programs,), args, kwargs)]
 
 
+def _check_records(records: torch.Tensor, a: torch.Tensor, config: MoeGemmConfig) -> None:
+    if config.dequant != "dp4a":
+        raise ValueError(f"records are the input of the dp4a gemv; this config decodes with {config.dequant!r}")
+    want = (a.shape[0], a.shape[1] // 32, RECORD_WORDS.value)
+    if (records.dtype != torch.int32 or tuple(records.shape) != want or records.device != a.device
+            or records.stride(2) != 1 or records.stride(1) != RECORD_WORDS.value):
+        raise ValueError(f"records must be int32 {want} with contiguous groups on {a.device}, got {records.dtype} "
+                         f"{tuple(records.shape)} strides {tuple(records.stride())} on {records.device}")
+
+
 def _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks, total_tiles, *, gather_a,
-                 scatter_out, fuse_swiglu, atomic_out) -> list[KernelLaunch]:
+                 scatter_out, fuse_swiglu, atomic_out, records=None) -> list[KernelLaunch]:
     """The :func:`moe_mxfp4_gemv_kernel` launch of ``config.path == "gemv"`` (arguments as :func:`gemm_launch`), or
     for ``dequant="dp4a"`` the activation pre-pass :func:`kernels.moe_gemm.gemv_dp4a.quantize_activations_kernel`
-    (``[rows of a, K/32, 32]`` int32 records) and :func:`kernels.moe_gemm.gemv_dp4a.moe_mxfp4_gemv_dp4a_kernel` (the
+    (``[rows of a, K/32, 32]`` int32 records; skipped when ``records`` are given) and
+    :func:`kernels.moe_gemm.gemv_dp4a.moe_mxfp4_gemv_dp4a_kernel` (the
     codes as int32 words; on CPU tensors, i.e. under the interpreter, the Triton-op twin of its inline PTX): one
     program per (row block, N block, K slice), no persistent schedule."""
     num_experts, n = w_blocks.shape[0], w_blocks.shape[1]
@@ -172,10 +190,12 @@ def _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks
         kwargs["DEQUANT_PTX"] = config.dequant == "upcast_ptx"
         return [KernelLaunch(moe_mxfp4_gemv_kernel, (total_tiles,), args, kwargs)]
     groups = k // 32
-    records = torch.empty((a.shape[0], groups, RECORD_WORDS.value), dtype=torch.int32, device=a.device)
-    quantize = KernelLaunch(quantize_activations_kernel, (a.shape[0], triton.cdiv(groups, DP4A_QUANTIZE_GROUPS)),
-                            (a, records, a.shape[0], k, a.stride(0), records.stride(0)),
-                            {"GROUPS": DP4A_QUANTIZE_GROUPS, "num_warps": 4})
+    pre_pass = []
+    if records is None:
+        records = torch.empty((a.shape[0], groups, RECORD_WORDS.value), dtype=torch.int32, device=a.device)
+        pre_pass = [KernelLaunch(quantize_activations_kernel, (a.shape[0], triton.cdiv(groups, DP4A_QUANTIZE_GROUPS)),
+                                 (a, records, a.shape[0], k, a.stride(0), records.stride(0)),
+                                 {"GROUPS": DP4A_QUANTIZE_GROUPS, "num_warps": 4})]
     w = w_blocks.view(torch.int32)  # [E, N, K/32, 4] words: 16-byte groups stay whole
     args = (records, w, w_scales, bias, out, *tail, records.stride(0), w.stride(0), w.stride(1),
             w_scales.stride(0), w_scales.stride(1), w_scales.stride(2), bias.stride(0), out.stride(0))
@@ -183,7 +203,16 @@ def _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks
     kwargs["EMULATE"] = a.device.type == "cpu"  # the interpreter; "meta" tensors plan a GPU compile
     kwargs["L2_PREFETCH"] = config.l2_prefetch
     kwargs["THREADS"] = 32 * config.num_warps
-    return [quantize, KernelLaunch(moe_mxfp4_gemv_dp4a_kernel, (total_tiles,), args, kwargs)]
+    return [*pre_pass, KernelLaunch(moe_mxfp4_gemv_dp4a_kernel, (total_tiles,), args, kwargs)]
+
+
+def activation_records(config: MoeGemmConfig, x: torch.Tensor) -> torch.Tensor | None:
+    """An empty ``[T, K/32, 32]`` int32 buffer for the dp4a records of ``x`` ``[T, K]`` when ``config`` runs the dp4a
+    gemv (for the kernel that writes x to fill, e.g. :func:`kernels.layer_ops.add_rms_norm`, and
+    :func:`moe_mlp1` to read), else None."""
+    if config.dequant != "dp4a" or x.shape[1] % 32:
+        return None
+    return torch.empty((x.shape[0], x.shape[1] // 32, RECORD_WORDS.value), dtype=torch.int32, device=x.device)
 
 
 def dp4a_sub_n(config: MoeGemmConfig) -> int:
@@ -215,6 +244,7 @@ def mlp1_launches(
     bias: torch.Tensor,
     config: MoeGemmConfig,
     out: torch.Tensor | None = None,
+    records: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[KernelLaunch]]:
     """Allocate the mlp1 outputs and plan its launches (see :func:`moe_mlp1`)."""
     if x.dim() != 2:
@@ -235,13 +265,13 @@ def mlp1_launches(
         if config.SPLIT_K > 1:
             raise ValueError("mlp1 with SPLIT_K > 1 needs fuse_swiglu=False (SwiGLU applies to the full K sum)")
         return out, gemm_launch(x, routing, w_blocks, w_scales, bias, out, config, gather_a=True,
-                                scatter_out=False, fuse_swiglu=True, atomic_out=False)
+                                scatter_out=False, fuse_swiglu=True, atomic_out=False, records=records)
     split = config.SPLIT_K > 1
     h = (torch.zeros if split else torch.empty)((rows, n), dtype=torch.float32 if split else x.dtype,
                                                device=x.device)  # [R, N]
     return out, [
         *gemm_launch(x, routing, w_blocks, w_scales, bias, h, config, gather_a=True, scatter_out=False,
-                     fuse_swiglu=False, atomic_out=split),
+                     fuse_swiglu=False, atomic_out=split, records=records),
         swiglu_launch(h, out, config),
     ]
 
@@ -254,6 +284,7 @@ def moe_mlp1(
     bias: torch.Tensor,
     config: MoeGemmConfig,
     out: torch.Tensor | None = None,
+    records: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """gpt-oss mlp1 over routed rows: ``swiglu(x[row_token[r]] @ W1[e]^T + b1[e])``.
 
@@ -265,6 +296,9 @@ def moe_mlp1(
         bias: ``[E, N]`` in x's dtype (or float32).
         config: launch config.
         out: optional ``[R, N/2]`` destination in x's dtype.
+        records: optional dp4a records of x, ``[T, K/32, 32]`` int32 (``dequant="dp4a"`` only), written by the
+            kernel that wrote x (:func:`kernels.layer_ops.add_rms_norm` with ``records``): the gemv then skips its
+            activation pre-pass (one launch fewer per call).
 
     Returns:
         ``[R, N/2]`` activations in sorted-row order (the input of :func:`moe_mlp2`).
@@ -272,7 +306,7 @@ def moe_mlp1(
     Raises:
         ValueError / TypeError: on inconsistent shapes or dtypes, or SPLIT_K > 1 with the fused epilogue.
     """
-    out, launches = mlp1_launches(x, routing, w_blocks, w_scales, bias, config, out)
+    out, launches = mlp1_launches(x, routing, w_blocks, w_scales, bias, config, out, records)
     for launch in launches:
         launch.run()
     return out

@@ -41,7 +41,8 @@ SMOKE = {"hidden": 64, "intermediate": 64, "E": 4, "top_k": 2, "M": (1, 3, 16)}
 only M of --mma-sweep there; --M '' skips the default rows)."""
 
 GEMV_SWEEP = {"BLOCK_N": (16, 32, 64), "BLOCK_K": (256, 512), "num_warps": (4, 8), "num_stages": (1, 2),
-              "l2_prefetch": (False,)}
+              "l2_prefetch": (False,), "persistent": (0,)}
+"""``l2_prefetch`` and ``persistent`` (programs per SM of the persistent schedule, 0: the grid) apply to dp4a only."""
 GEMV_SWEEP_SPLIT_K = (1, 2, 4)
 """The --gemv-sweep grid (SPLIT_K for mlp2 only: mlp1's fused SwiGLU needs the whole K sum); small enough to
 compile and time in about a minute on an H200."""
@@ -198,12 +199,16 @@ def _sweep_gemv(moe, bench, variant, shape, sets, rep_ms, dequants, grid,
     splits = GEMV_SWEEP_SPLIT_K if variant == "mlp2" else mlp1_splits
     for values in itertools.product(*grid.values(), splits, dequants):
         params = dict(zip((*grid, "SPLIT_K", "dequant"), values))
+        per_sm = params.pop("persistent")
         config = {**moe.default_config(variant, shape.as_dict(), bench.profile), "path": "gemv", "GROUP_M": 1,
-                  "schedule": "grid", "programs_per_sm": 1, "BLOCK_M": 16, **params}
+                  "schedule": "persistent" if per_sm else "grid", "programs_per_sm": per_sm or 1, "BLOCK_M": 16,
+                  **params}
         if variant == "mlp1" and params["SPLIT_K"] > 1:
             config["fuse_swiglu"] = params["fuse_swiglu"] = False
-        if config["l2_prefetch"] and config["dequant"] != "dp4a":
-            continue  # (the prefetch exists on the dp4a gemv only)
+        if (config["l2_prefetch"] or per_sm) and config["dequant"] != "dp4a":
+            continue  # (the prefetch and the persistent schedule exist on the dp4a gemv only)
+        if per_sm:
+            params["persistent"] = per_sm
         if space.check(config, shape.as_dict(), bench.profile) is not None:
             continue
         cfg = moe.config_from_dict(config)

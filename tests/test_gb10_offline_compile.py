@@ -65,9 +65,13 @@ DP4A_CASES = [("mlp1-20b-M1-gemv-dp4a", "mlp1", 1, 32, {"path": "gemv", "dequant
                                                         "BLOCK_K": 512}, "bfloat16"),
               ("mlp2-120b-M2-gemv-dp4a", "mlp2", 2, 128, {"path": "gemv", "dequant": "dp4a"}, "bfloat16"),
               ("mlp2-20b-M1-gemv-dp4a-l2_prefetch-splitk2", "mlp2", 1, 32,
-               {"path": "gemv", "dequant": "dp4a", "l2_prefetch": True, "SPLIT_K": 2}, "bfloat16")]
+               {"path": "gemv", "dequant": "dp4a", "l2_prefetch": True, "SPLIT_K": 2}, "bfloat16"),
+              ("mlp1-120b-M4-gemv-dp4a-persistent-l2_prefetch", "mlp1", 4, 128,
+               {"path": "gemv", "dequant": "dp4a", "l2_prefetch": True, "schedule": "persistent",
+                "programs_per_sm": 2}, "bfloat16")]
 """The dp4a decode (sm_61+, so on GB10 too): its activation pre-pass and the inline-PTX gemv, with the H200 sweep's
-fastest tiles at mlp1 M = 1 and the gemv default's at mlp2, and with the L2 prefetch of each program's tile."""
+fastest tiles at mlp1 M = 1 and the gemv default's at mlp2, with the L2 prefetch of each program's tile, and
+persistent with the prefetch of each program's next tile."""
 SWAP_AB_CASES = [("mlp1-20b-M8192-swap_ab-upcast_ptx", "mlp1", 8192, 32,
                   {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "dequant": "upcast_ptx",
                    "swap_ab": True}, "bfloat16"),

@@ -724,6 +724,14 @@ _DP4A += [
     # is part masked), the rows-in-thread reuse of one activation record.
     Case("mlp1", M=9, N=160, K=96, E=3, top_k=2, seed=712, config=dict(
         path="gemv", BLOCK_M=4, BLOCK_N=64, BLOCK_K=64, GROUP_M=1, num_warps=1, dequant="dp4a")),
+    # The persistent schedule: 4 (interpreter) or SM-count programs looping over more tiles than they are, split-K
+    # slices and several row blocks per expert included; with the L2 prefetch of the next tile (GPU only).
+    Case("mlp1", M=40, N=160, K=160, E=5, top_k=2, seed=713, config=dict(
+        path="gemv", BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, GROUP_M=1, schedule="persistent", programs_per_sm=1,
+        dequant="dp4a", l2_prefetch=True)),
+    Case("mlp2", M=7, N=96, K=96, E=3, top_k=3, seed=714, config=dict(
+        path="gemv", BLOCK_M=8, BLOCK_N=16, BLOCK_K=32, GROUP_M=1, schedule="persistent", programs_per_sm=2,
+        SPLIT_K=2, dequant="dp4a", l2_prefetch=True)),
 ]
 _DP4A_FP32 = [Case(variant, M=7, N=96, K=96, E=3, top_k=3, dtype=torch.float32, seed=720 + i, config=dict(
     path="gemv", BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, GROUP_M=1, dequant="dp4a"))
@@ -796,7 +804,8 @@ def test_gpu_gemv_dp4a(case: Case):
     check_case(case, device="cuda")
     inputs = make_inputs(case.variant, case.shape, dtype=case.dtype, device="cuda", seed=case.seed)
     dp4a = launch(case.variant, inputs, MoeGemmConfig(**case.config))
-    ops = launch(case.variant, inputs, MoeGemmConfig(**{**case.config, "dequant": "upcast", "l2_prefetch": False}))
+    ops = launch(case.variant, inputs, MoeGemmConfig(**{**case.config, "dequant": "upcast", "l2_prefetch": False,
+                                                         "schedule": "grid", "programs_per_sm": 1}))
     assert row_rel_err(dp4a, ops) <= 0.1 * tolerance(case.variant, case.dtype).max_rel_err
 
 
@@ -809,6 +818,8 @@ def test_gpu_l2_prefetch_changes_no_value():
     config = dict(path="gemv", BLOCK_M=16, BLOCK_N=16, BLOCK_K=512, GROUP_M=1, num_warps=8, dequant="dp4a")
     plain = launch("mlp1", inputs, MoeGemmConfig(**config))
     assert torch.equal(launch("mlp1", inputs, MoeGemmConfig(**config, l2_prefetch=True)), plain)
+    persistent = dict(config, schedule="persistent", programs_per_sm=2, l2_prefetch=True)  # next-tile prefetch
+    assert torch.equal(launch("mlp1", inputs, MoeGemmConfig(**persistent)), plain)
 
 
 def test_l2_prefetch_plan_and_validation():
@@ -821,3 +832,11 @@ def test_l2_prefetch_plan_and_validation():
     _, plan = launches("mlp1", make_empty_inputs("mlp1", MoeShape(M=2, N=64, K=64, E=2, top_k=1),
                                                  dtype=torch.bfloat16), config)
     assert plan[1].kwargs["L2_PREFETCH"] is True and plan[1].kwargs["THREADS"] == 64
+    assert plan[1].kwargs["PERSISTENT"] is False and plan[1].grid == (2 * 4,)  # 2 row blocks x 4 N blocks
+    persistent = dataclasses.replace(config, schedule="persistent", programs_per_sm=1)
+    _, plan = launches("mlp1", make_empty_inputs("mlp1", MoeShape(M=2, N=64, K=64, E=2, top_k=1),
+                                                 dtype=torch.bfloat16), persistent)
+    # meta tensors count as the interpreter's 4 SMs: 4 programs loop over the 8 tiles
+    assert plan[1].kwargs["PERSISTENT"] is True and plan[1].grid == (4,) and plan[1].args[11] == 4
+    with pytest.raises(ValueError, match="grid"):
+        MoeGemmConfig(path="gemv", BLOCK_M=16, GROUP_M=1, dequant="upcast", schedule="persistent", programs_per_sm=2)

@@ -181,15 +181,19 @@ def test_gemv_suggestions_are_constructible(variant):
     shape = gpt_oss_shape(variant, 1, 32)
     space = space_mod.space(variant, shape, H100_LIKE)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
-    paths = set()
+    paths, schedules = set(), set()
     for _ in range(200):
         trial = study.ask()
         config = space.suggest(trial)
         MoeGemmConfig(**config)
         paths.add((config["path"], config["dequant"]))
-        if config["path"] == "gemv":  # the MMA-only tunables are inactive; the gemv decodes in registers
-            assert {"GROUP_M", "schedule", "programs_per_sm"}.isdisjoint(trial.params)
+        if config["path"] == "gemv" and config["dequant"] != "dp4a":  # the MMA-only tunables are inactive
+            assert {"GROUP_M", "schedule", "programs_per_sm", "swap_ab"}.isdisjoint(trial.params)
             assert (config["GROUP_M"], config["schedule"]) == (1, "grid")
+        if config["path"] == "gemv":  # the dp4a gemv also tunes its schedule and the L2 prefetch
+            assert "GROUP_M" not in trial.params and config["GROUP_M"] == 1 and not config["swap_ab"]
+            assert ("l2_prefetch" in trial.params) == (config["dequant"] == "dp4a")
+            schedules.add((config["dequant"], config["schedule"]))
         if config["dequant"] == "dot_scaled":  # path only chosen with a register decode
             assert "path" not in trial.params and config["path"] == "mma"
         if config["dequant"] == "dp4a":  # a gemv-only decode: it implies the path
@@ -197,6 +201,7 @@ def test_gemv_suggestions_are_constructible(variant):
         study.tell(trial, 1.0)
     assert paths == {("mma", "dot_scaled"), ("mma", "upcast"), ("mma", "upcast_ptx"), ("gemv", "upcast"),
                      ("gemv", "upcast_ptx"), ("gemv", "dp4a")}
+    assert ("dp4a", "persistent") in schedules and ("upcast", "persistent") not in schedules
 
 
 def test_gemv_register_and_split_k_limits():

@@ -119,7 +119,8 @@ class MoeGemmConfig:
             for "gemv", whose programs already reuse each weight tile over their BLOCK_M rows).
         num_warps: warps per program.
         num_stages: software-pipelining depth of the K loop.
-        schedule: "grid" (one program per tile) or "persistent" (programs_per_sm · SMs programs loop over tiles).
+        schedule: "grid" (one program per tile) or "persistent" (programs_per_sm · SMs programs loop over tiles;
+            path "gemv" only with ``dequant="dp4a"``, where ``l2_prefetch`` then fetches each program's next tile).
         programs_per_sm: programs per SM of the persistent schedule (1 for "grid").
         SPLIT_K: K slices reduced with float32 atomics (decode: more programs in flight). mlp1 needs the unfused
             SwiGLU for SPLIT_K > 1, since the activation applies to the whole sum.
@@ -137,7 +138,8 @@ class MoeGemmConfig:
             without a shared-memory round trip, and BLOCK_M (the MMA's N side) can be as small as 16 rows.
         l2_prefetch: path "gemv" with ``dequant="dp4a"`` only: before its K loop each program asks L2 for its whole
             weight tile (codes and scales of its rows and K slice, one ``prefetch.global.L2`` per 128-byte line), so
-            that the loads of each K step wait on L2 instead of DRAM while only one step is held in registers.
+            that the loads of each K step wait on L2 instead of DRAM while only one step is held in registers; with
+            the persistent schedule, for its next tile while it multiplies the current one.
 
     The field defaults are the shape-independent part of the default config; the tile fields' defaults are generic
     and :func:`kernels.moe_gemm.heuristics.default_config` replaces them per shape and device (it is the default a
@@ -183,8 +185,11 @@ class MoeGemmConfig:
             if self.dequant == "dot_scaled":
                 raise ValueError("path='gemv' decodes in registers (dequant='upcast', 'upcast_ptx' or 'dp4a'): "
                                  "tl.dot_scaled needs an MMA")
-            if self.schedule != "grid" or self.GROUP_M != 1:
-                raise ValueError("path='gemv' runs one program per tile (schedule='grid', GROUP_M=1)")
+            if self.GROUP_M != 1:
+                raise ValueError("path='gemv' takes GROUP_M=1 (its programs already reuse each weight tile over "
+                                 "their rows)")
+            if self.schedule != "grid" and self.dequant != "dp4a":
+                raise ValueError("path='gemv' runs one program per tile (schedule='grid') except with dequant='dp4a'")
         elif self.dequant == "dp4a":
             raise ValueError("dequant='dp4a' is a gemv decode (path='gemv'): its int32 products have no MMA tile")
         if self.BLOCK_K < 32:

@@ -47,7 +47,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.moe_gemm.triton_kernels import _epilogue, _gemv_rows, _gemv_schedule, e8m0_factor, prefetch_rows_l2
+from kernels.moe_gemm.triton_kernels import (_epilogue, _gemv_rows, _gemv_schedule, _row_block, e8m0_factor,
+                                             prefetch_rows_l2)
 
 LOOKUP_DOT_ASM = r"""
 {
@@ -247,16 +248,17 @@ def group_dots(codes, scales, rec, mask, EMULATE: tl.constexpr):
     return total * e8m0_factor(scales) * factor
 
 
-@triton.jit(do_not_specialize=["num_m_blocks", "stride_sg"])
+@triton.jit(do_not_specialize=["num_m_blocks", "num_programs", "stride_sg"])
 def moe_mxfp4_gemv_dp4a_kernel(
     q_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, expert_offsets_ptr, row_token_ptr, row_gate_ptr,
-    N, K, num_m_blocks,
+    N, K, num_m_blocks, num_programs,
     stride_qm, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_be, stride_om,
     NUM_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
     GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr, FUSE_SWIGLU: tl.constexpr, ATOMIC_OUT: tl.constexpr,
     SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     SUB_N: tl.constexpr, EMULATE: tl.constexpr, L2_PREFETCH: tl.constexpr, THREADS: tl.constexpr,
+    PERSISTENT: tl.constexpr,
 ):
     """MoE grouped GEMV with MXFP4 weights through ``dp4a`` (see the module docstring).
 
@@ -275,12 +277,80 @@ def moe_mxfp4_gemv_dp4a_kernel(
     Per real row and K step it multiplies the ``[R, SUB_N, BLOCK_K/32, 4]`` code words with the row's planes in
     int32 (:func:`group_dots`) and scales each group's sum in float32.
 
-    ``L2_PREFETCH`` (GPU only; ignored when EMULATE): before the row loop, prefetch the program's codes and scales of
-    its K slice into L2 (:func:`kernels.moe_gemm.triton_kernels.prefetch_rows_l2`, THREADS = 32 · num_warps lines
-    per pass); see the module docstring.
+    ``L2_PREFETCH`` (GPU only; the launcher turns it off under the interpreter): before its row loop a tile's codes
+    and scales of its K slice are prefetched into L2 (:func:`kernels.moe_gemm.triton_kernels.prefetch_rows_l2`,
+    THREADS = 32 · num_warps lines per pass); see the module docstring. ``PERSISTENT``: ``num_programs`` programs
+    loop over the ``num_m_blocks · cdiv(N, BLOCK_N) · SPLIT_K`` tiles (tile ``pid + i · num_programs``), and with
+    L2_PREFETCH each asks L2 for its *next* tile before multiplying the current one, so that the DRAM stream does not
+    stop between tiles.
     """
+    pid = tl.program_id(0)
+    if PERSISTENT:
+        total_tiles = num_m_blocks * tl.cdiv(N, BLOCK_N) * SPLIT_K
+        if L2_PREFETCH:
+            _prefetch_tile(pid, w_ptr, s_ptr, expert_offsets_ptr, N, K, stride_we, stride_wn, stride_se, stride_sn,
+                           stride_sg, NUM_EXPERTS, EXPERTS_POW2, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, THREADS)
+        for tile in range(pid, total_tiles, num_programs):
+            if L2_PREFETCH:  # the next tile's bytes, while this one's loads are on their way
+                _prefetch_tile(tile + num_programs, w_ptr, s_ptr, expert_offsets_ptr, N, K, stride_we, stride_wn,
+                               stride_se, stride_sn, stride_sg, NUM_EXPERTS, EXPERTS_POW2, BLOCK_M, BLOCK_N, BLOCK_K,
+                               SPLIT_K, THREADS)
+            _dp4a_tile(tile, q_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, expert_offsets_ptr, row_token_ptr, row_gate_ptr,
+                       N, K, stride_qm, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_be, stride_om,
+                       NUM_EXPERTS, EXPERTS_POW2, GATHER_A, SCATTER_OUT, FUSE_SWIGLU, ATOMIC_OUT, SWIGLU_ALPHA,
+                       SWIGLU_LIMIT, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, SUB_N, EMULATE, False, THREADS)
+    else:
+        _dp4a_tile(pid, q_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, expert_offsets_ptr, row_token_ptr, row_gate_ptr,
+                   N, K, stride_qm, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_be, stride_om,
+                   NUM_EXPERTS, EXPERTS_POW2, GATHER_A, SCATTER_OUT, FUSE_SWIGLU, ATOMIC_OUT, SWIGLU_ALPHA,
+                   SWIGLU_LIMIT, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, SUB_N, EMULATE, L2_PREFETCH, THREADS)
+
+
+@triton.jit
+def _prefetch_tile(tile, w_ptr, s_ptr, expert_offsets_ptr, N, K, stride_we, stride_wn, stride_se, stride_sn, stride_sg,
+                   NUM_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, THREADS: tl.constexpr):
+    """L2 prefetch of the codes and scales of gemv tile ``tile`` (nothing for a tile past the real row blocks)."""
     (pid_m, pid_n, split, k_first, k_stop, e_idx, seg_start, seg_end, seg_blocks, blocks_through,
-     real_m_blocks) = _gemv_schedule(tl.program_id(0), N, K, expert_offsets_ptr, NUM_EXPERTS, EXPERTS_POW2, BLOCK_M,
+     real_m_blocks) = _gemv_schedule(tile, N, K, expert_offsets_ptr, NUM_EXPERTS, EXPERTS_POW2, BLOCK_M, BLOCK_N,
+                                     BLOCK_K, SPLIT_K)
+    if pid_m < real_m_blocks:
+        expert, row_begin, row_end = _row_block(pid_m, e_idx, seg_start, seg_end, seg_blocks, blocks_through,
+                                                BLOCK_M)
+        _prefetch_codes_and_scales(w_ptr, s_ptr, expert, pid_n, k_first, k_stop, N, K, stride_we, stride_wn,
+                                   stride_se, stride_sn, stride_sg, BLOCK_N, BLOCK_K, THREADS)
+
+
+@triton.jit
+def _prefetch_codes_and_scales(w_ptr, s_ptr, expert, pid_n, k_first, k_stop, N, K, stride_we, stride_wn, stride_se,
+                               stride_sn, stride_sg, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                               THREADS: tl.constexpr):
+    """L2 prefetch of expert ``expert``: the code words and scales of rows ``pid_n·BLOCK_N ..`` over the K tiles
+    ``[k_first, k_stop)``."""
+    GROUPS: tl.constexpr = BLOCK_K // 32
+    first_row = pid_n * BLOCK_N
+    tile_rows = tl.minimum(N - first_row, BLOCK_N)
+    g_begin = k_first * GROUPS
+    g_end = tl.minimum(k_stop * GROUPS, K // 32)
+    prefetch_rows_l2(w_ptr + expert.to(tl.int64) * stride_we + first_row.to(tl.int64) * stride_wn,
+                     stride_wn, tile_rows, g_begin * 4, g_end * 4, 4, THREADS)
+    prefetch_rows_l2(s_ptr + expert.to(tl.int64) * stride_se + first_row.to(tl.int64) * stride_sn,
+                     stride_sn, tile_rows, g_begin * stride_sg, g_end * stride_sg, 1, THREADS)
+
+
+@triton.jit
+def _dp4a_tile(
+    tile, q_ptr, w_ptr, s_ptr, bias_ptr, out_ptr, expert_offsets_ptr, row_token_ptr, row_gate_ptr, N, K,
+    stride_qm, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_be, stride_om,
+    NUM_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
+    GATHER_A: tl.constexpr, SCATTER_OUT: tl.constexpr, FUSE_SWIGLU: tl.constexpr, ATOMIC_OUT: tl.constexpr,
+    SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    SUB_N: tl.constexpr, EMULATE: tl.constexpr, PREFETCH: tl.constexpr, THREADS: tl.constexpr,
+):
+    """One tile of :func:`moe_mxfp4_gemv_dp4a_kernel` (its arguments; PREFETCH: this tile's own L2 prefetch)."""
+    (pid_m, pid_n, split, k_first, k_stop, e_idx, seg_start, seg_end, seg_blocks, blocks_through,
+     real_m_blocks) = _gemv_schedule(tile, N, K, expert_offsets_ptr, NUM_EXPERTS, EXPERTS_POW2, BLOCK_M,
                                      BLOCK_N, BLOCK_K, SPLIT_K)
     if pid_m < real_m_blocks:
         expert, m_ids, rows, row_mask, a_rows, num_rows = _gemv_rows(
@@ -301,15 +371,9 @@ def moe_mxfp4_gemv_dp4a_kernel(
         s_ptrs = (s_ptr + expert.to(tl.int64) * stride_se + offs_n4.to(tl.int64) * stride_sn
                   + offs_g * stride_sg)  # [R, SUB_N, G]
         num_groups = K // 32
-        if L2_PREFETCH and not EMULATE:  # the program's codes and scales, K slice [k_first, k_stop) of its rows
-            first_row = pid_n * BLOCK_N
-            tile_rows = tl.minimum(N - first_row, BLOCK_N)
-            g_begin = k_first * GROUPS
-            g_end = tl.minimum(k_stop * GROUPS, num_groups)
-            prefetch_rows_l2(w_ptr + expert.to(tl.int64) * stride_we + first_row.to(tl.int64) * stride_wn,
-                             stride_wn, tile_rows, g_begin * 4, g_end * 4, 4, THREADS)
-            prefetch_rows_l2(s_ptr + expert.to(tl.int64) * stride_se + first_row.to(tl.int64) * stride_sn,
-                             stride_sn, tile_rows, g_begin * stride_sg, g_end * stride_sg, 1, THREADS)
+        if PREFETCH:  # the tile's codes and scales, K slice [k_first, k_stop) of its rows
+            _prefetch_codes_and_scales(w_ptr, s_ptr, expert, pid_n, k_first, k_stop, N, K, stride_we, stride_wn,
+                                       stride_se, stride_sn, stride_sg, BLOCK_N, BLOCK_K, THREADS)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for m in range(num_rows):  # rows outside, K inside, as the float gemv
             a_row = tl.sum(tl.where(m_ids == m, a_rows, 0), axis=0)

@@ -173,7 +173,8 @@ def _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks
     (``[rows of a, K/32, 32]`` int32 records; skipped when ``records`` are given) and
     :func:`kernels.moe_gemm.gemv_dp4a.moe_mxfp4_gemv_dp4a_kernel` (the
     codes as int32 words; on CPU tensors, i.e. under the interpreter, the Triton-op twin of its inline PTX): one
-    program per (row block, N block, K slice), no persistent schedule."""
+    program per (row block, N block, K slice), or for dp4a with the persistent schedule ``programs_per_sm`` · SMs
+    programs looping over those tiles."""
     num_experts, n = w_blocks.shape[0], w_blocks.shape[1]
     k = a.shape[1]
     kwargs = {
@@ -197,13 +198,14 @@ def _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks
                                  (a, records, a.shape[0], k, a.stride(0), records.stride(0)),
                                  {"GROUPS": DP4A_QUANTIZE_GROUPS, "num_warps": 4})]
     w = w_blocks.view(torch.int32)  # [E, N, K/32, 4] words: 16-byte groups stay whole
-    args = (records, w, w_scales, bias, out, *tail, records.stride(0), w.stride(0), w.stride(1),
+    persistent = config.schedule == "persistent"
+    num_programs = min(total_tiles, _num_sms(a.device) * config.programs_per_sm) if persistent else total_tiles
+    args = (records, w, w_scales, bias, out, *tail, num_programs, records.stride(0), w.stride(0), w.stride(1),
             w_scales.stride(0), w_scales.stride(1), w_scales.stride(2), bias.stride(0), out.stride(0))
-    kwargs["SUB_N"] = dp4a_sub_n(config)
-    kwargs["EMULATE"] = a.device.type == "cpu"  # the interpreter; "meta" tensors plan a GPU compile
-    kwargs["L2_PREFETCH"] = config.l2_prefetch
-    kwargs["THREADS"] = 32 * config.num_warps
-    return [*pre_pass, KernelLaunch(moe_mxfp4_gemv_dp4a_kernel, (total_tiles,), args, kwargs)]
+    emulate = a.device.type == "cpu"  # the interpreter; "meta" tensors plan a GPU compile
+    kwargs.update(SUB_N=dp4a_sub_n(config), EMULATE=emulate, L2_PREFETCH=config.l2_prefetch and not emulate,
+                  THREADS=32 * config.num_warps, PERSISTENT=persistent)
+    return [*pre_pass, KernelLaunch(moe_mxfp4_gemv_dp4a_kernel, (num_programs,), args, kwargs)]
 
 
 def activation_records(config: MoeGemmConfig, x: torch.Tensor) -> torch.Tensor | None:

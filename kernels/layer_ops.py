@@ -30,7 +30,8 @@ import triton.language as tl
 from kernels import interpreter_active
 from kernels.attention.config import FP8_MAX
 from kernels.launch_plan import KernelLaunch
-from kernels.moe_gemm.gemv_dp4a import RECORD_WORDS, store_activation_records
+from kernels.moe_gemm.gemv_dp4a import store_activation_records
+from kernels.moe_gemm.launch import check_activation_records
 
 ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 """Activation dtypes (bf16 on GPUs; fp16/fp32 under the interpreter, whose bf16 dot is wrong)."""
@@ -248,7 +249,7 @@ def add_rms_norm_launches(x: torch.Tensor, delta: torch.Tensor | None, scale: to
         if rows and out.data_ptr() == x.data_ptr():
             raise ValueError("out must not be x: h would overwrite the residual stream")
     if records is not None:
-        _check_records(records, rows, hidden, x.device)
+        check_activation_records(records, rows, hidden, x.device)
     if delta is None or inplace:
         x_new = x
     else:
@@ -264,18 +265,6 @@ def add_rms_norm_launches(x: torch.Tensor, delta: torch.Tensor | None, scale: to
         kwargs={"HAS_DELTA": delta is not None, "BLOCK_H": block, "RECORDS": records is not None,
                 "num_warps": max(1, min(8, block // 512)), "enable_fp_fusion": False})
     return x_new, out, [launch]
-
-
-def _check_records(records: torch.Tensor, rows: int, hidden: int, device: torch.device) -> None:
-    if not isinstance(records, torch.Tensor) or records.dtype != torch.int32:
-        raise TypeError(f"records must be an int32 tensor, got {getattr(records, 'dtype', type(records).__name__)}")
-    if hidden % 32:
-        raise ValueError(f"records need H to be a multiple of 32 (the dp4a group), got H={hidden}")
-    want = (rows, hidden // 32, RECORD_WORDS.value)
-    if tuple(records.shape) != want or records.stride(2) != 1 or records.stride(1) != RECORD_WORDS.value:
-        raise ValueError(f"records must be a [N, H/32, {RECORD_WORDS.value}] int32 tensor with contiguous groups, "
-                         f"shape {want}; got {tuple(records.shape)} with strides {tuple(records.stride())}")
-    _check_device(device, records=records)
 
 
 def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, scale: torch.Tensor, *, eps: float,

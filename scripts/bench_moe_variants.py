@@ -226,7 +226,7 @@ def _sweep_mma(moe, bench, variant, shape, sets, rep_ms, grid, table) -> tuple[l
     from search_spaces import moe_gemm as space_mod
 
     space = space_mod.space(variant, shape.as_dict(), bench.profile)
-    base = {**moe.heuristics.path_default(variant, shape.as_dict(), bench.profile, "mma")}
+    base = moe.heuristics.path_default(variant, shape.as_dict(), bench.profile, "mma")
     candidates = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     if table is not None:
         served = table.lookup("moe_gemm", variant, shape.as_dict()).config.as_dict()

@@ -142,7 +142,8 @@ class GptOss:
 
         Each block's two residual adds are fused into the RMSNorm that follows them (the MoE output of block n is
         added by block n + 1's attention norm, the last one by the final norm); RoPE and the KV-cache store are one
-        launch; when mlp1 runs the dp4a gemv, the MLP norm also writes its activation records (no pre-pass launch). Numerically the same as ``x = x + attn(norm(x)); x = (x.float() + moe(norm(x))).to(x.dtype)``.
+        launch; when mlp1 runs the dp4a gemv, the MLP norm also writes its activation records (no pre-pass
+        launch). Numerically the same as ``x = x + attn(norm(x)); x = (x.float() + moe(norm(x))).to(x.dtype)``.
 
         Args:
             x: ``[N, H]`` activation dtype, N = B'·T tokens, owned by this call.
@@ -159,6 +160,7 @@ class GptOss:
         c = self.config
         tokens = x.shape[0]
         pending = None  # the previous block's MoE output, float32 [N, H]
+        records = activation_records(step.mlp1, x)  # the dp4a gemv's input, rewritten by each block's MLP norm
         for n, layer in enumerate(self.layers):
             with self._stage("attn_norm_qkv"):
                 x, h = add_rms_norm(x, pending, layer.attn_norm, eps=RMS_EPS, inplace=True)
@@ -173,7 +175,6 @@ class GptOss:
             with self._stage("attn_out"):
                 delta = project(attn, layer.out_w, layer.out_b, step.attn_out)  # [N, H]
             with self._stage("mlp_norm_router"):
-                records = activation_records(step.mlp1, x)  # the dp4a gemv's input, written by the norm
                 x, h = add_rms_norm(x, delta, layer.mlp_norm, eps=RMS_EPS, inplace=True, records=records)
                 router_logits = project(h, layer.gate_w, layer.gate_b, step.router)  # [N, E]
             with self._stage("routing"):

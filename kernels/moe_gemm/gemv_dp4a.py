@@ -35,10 +35,9 @@ Why: after the rows-in-thread change the kernel is still latency-bound (ncu on t
 DRAM 22%), and its timing fits a program that waits one DRAM round trip per K step: at the mlp1 M = 1 default
 (BLOCK_N 16, BLOCK_K 512, 8 warps) a program makes 6 steps with 16 bytes of codes per thread in flight, and its
 1440 programs at 3 per SM (71 registers in the sm_90 SASS of Triton 3.9.0 offline) take ~3.6 waves of 6 round
-trips each. Before its K loop each program now asks L2 for its whole
-tile (codes and scales of its rows and K slice: 16 rows x 1440 B + 1440 B of scales at that default, one
-``prefetch.global.L2`` per 128-byte line, spread over the program's threads), which takes no registers and no
-scoreboard; the loads of each K step then wait on L2, or merge with the prefetch already on its way. The values are
+trips each. Before its K loop each program now asks L2 for its whole tile (codes and scales of its rows and K slice:
+16 rows x 1440 B + 1440 B of scales at that default, one ``prefetch.global.L2`` per 128-byte line, spread over the
+program's threads), which takes no registers and no scoreboard; the loads of each K step then wait on L2, or merge with the prefetch already on its way. The values are
 unchanged (a prefetch moves no data into registers), so the tuner may toggle it freely.
 """
 

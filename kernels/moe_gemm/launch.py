@@ -120,7 +120,7 @@ def gemm_launch(
 
     Raises:
         ValueError: if the activation dtype cannot use the chosen dequant path, or ``records`` come with another
-            decode or do not match ``a``.
+            decode or do not match ``a`` (TypeError: not int32; :func:`check_activation_records`).
     """
     num_experts, n = w_blocks.shape[0], w_blocks.shape[1]
     k = a.shape[1]
@@ -131,7 +131,9 @@ def gemm_launch(
     num_m_blocks = max_row_blocks(routing.num_rows, num_experts, config.BLOCK_M)
     total_tiles = num_m_blocks * triton.cdiv(n, config.BLOCK_N) * config.SPLIT_K
     if records is not None:
-        _check_records(records, a, config)
+        if config.dequant != "dp4a":
+            raise ValueError(f"records are the input of the dp4a gemv; this config decodes with {config.dequant!r}")
+        check_activation_records(records, a.shape[0], k, a.device)
     if config.path == "gemv":
         return _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks, total_tiles,
                             gather_a=gather_a, scatter_out=scatter_out, fuse_swiglu=fuse_swiglu,
@@ -156,14 +158,28 @@ def gemm_launch(
     return [KernelLaunch(moe_mxfp4_gemm_kernel, (num_programs,), args, kwargs)]
 
 
-def _check_records(records: torch.Tensor, a: torch.Tensor, config: MoeGemmConfig) -> None:
-    if config.dequant != "dp4a":
-        raise ValueError(f"records are the input of the dp4a gemv; this config decodes with {config.dequant!r}")
-    want = (a.shape[0], a.shape[1] // 32, RECORD_WORDS.value)
-    if (records.dtype != torch.int32 or tuple(records.shape) != want or records.device != a.device
-            or records.stride(2) != 1 or records.stride(1) != RECORD_WORDS.value):
-        raise ValueError(f"records must be int32 {want} with contiguous groups on {a.device}, got {records.dtype} "
-                         f"{tuple(records.shape)} strides {tuple(records.stride())} on {records.device}")
+def check_activation_records(records, rows: int, k: int, device: torch.device) -> None:
+    """Check that ``records`` can hold the dp4a records of ``rows`` activation rows of width ``k``: int32
+    ``[rows, k/32, RECORD_WORDS]`` with contiguous groups, on ``device``.
+
+    Raises:
+        TypeError: not an int32 tensor.
+        ValueError: k not a multiple of 32, another shape or layout, or another device.
+    """
+    if not isinstance(records, torch.Tensor) or records.dtype != torch.int32:
+        raise TypeError(f"records must be an int32 tensor, got {getattr(records, 'dtype', type(records).__name__)}")
+    if k % 32:
+        raise ValueError(f"records need a width that is a multiple of 32 (the dp4a group), got {k}")
+    want = (rows, k // 32, RECORD_WORDS.value)
+    if tuple(records.shape) != want or records.stride(2) != 1 or records.stride(1) != RECORD_WORDS.value:
+        raise ValueError(f"records must be a [rows, K/32, {RECORD_WORDS.value}] int32 tensor with contiguous groups, "
+                         f"shape {want}; got {tuple(records.shape)} with strides {tuple(records.stride())}")
+    if records.device != device:
+        raise ValueError(f"records are on {records.device}, expected {device}")
+
+
+def _empty_records(rows: int, k: int, device: torch.device) -> torch.Tensor:
+    return torch.empty((rows, k // 32, RECORD_WORDS.value), dtype=torch.int32, device=device)
 
 
 def _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks, total_tiles, *, gather_a,
@@ -193,7 +209,7 @@ def _gemv_launch(a, routing, w_blocks, w_scales, bias, out, config, num_m_blocks
     groups = k // 32
     pre_pass = []
     if records is None:
-        records = torch.empty((a.shape[0], groups, RECORD_WORDS.value), dtype=torch.int32, device=a.device)
+        records = _empty_records(a.shape[0], k, a.device)
         pre_pass = [KernelLaunch(quantize_activations_kernel, (a.shape[0], triton.cdiv(groups, DP4A_QUANTIZE_GROUPS)),
                                  (a, records, a.shape[0], k, a.stride(0), records.stride(0)),
                                  {"GROUPS": DP4A_QUANTIZE_GROUPS, "num_warps": 4})]
@@ -214,7 +230,7 @@ def activation_records(config: MoeGemmConfig, x: torch.Tensor) -> torch.Tensor |
     :func:`moe_mlp1` to read), else None."""
     if config.dequant != "dp4a" or x.shape[1] % 32:
         return None
-    return torch.empty((x.shape[0], x.shape[1] // 32, RECORD_WORDS.value), dtype=torch.int32, device=x.device)
+    return _empty_records(x.shape[0], x.shape[1], x.device)
 
 
 def dp4a_sub_n(config: MoeGemmConfig) -> int:

@@ -7,7 +7,9 @@ A kernel module provides the uniform interface the tuner drives (see ``kernels/m
 optionally ``config_problem(variant, config, dtype) -> reason or None`` (a config object the kernel cannot launch on
 activations of that dtype; absent: any dtype works), ``make_inputs``, ``make_empty_inputs``,
 ``make_timing_inputs``, ``launches``, ``reference``, ``cost(variant, inputs, config)``, ``tolerance(variant, dtype,
-config)`` (both take the config: an fp8 KV cache moves fewer bytes and has its own limits). A search space module
+config)`` (both take the config: an fp8 KV cache moves fewer bytes and has its own limits), optionally
+``element_sensitivity(variant, inputs, config) -> tensor or None`` (added to the row RMS in the element check where
+a rounded intermediate is amplified; absent: the row RMS alone). A search space module
 provides ``space(variant, shape, device) -> SearchSpace``. Extra kernels (tests register a synthetic one that injects
 faults) are added with :func:`register` from modules named in the ``AUTOTUNE_PLUGINS`` environment variable
 (comma-separated), which worker processes import too.

@@ -273,7 +273,9 @@ def test_tiny_preset_over_two_nodes(cluster, driver_factory):
     trials = study.get_trials(deepcopy=False)
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     measured = _measured(trials)
-    assert len(measured) == 4  # the tiny preset's budget
+    summary = "\n".join(str((t.number, t.state.name, t.user_attrs.get("source"), t.user_attrs.get("kind"),
+                               t.user_attrs.get("error"), t.params)) for t in trials)
+    assert len(measured) == 4, summary  # the tiny preset's budget
     assert all(t.state == TrialState.COMPLETE for t in measured), [t.user_attrs.get("error") for t in measured]
     for trial in measured:
         assert trial.user_attrs["device_key"] == "triton-interpreter"

@@ -3,7 +3,7 @@
 The module-level functions below form the uniform kernel interface the tuner uses (variant, inputs, config):
 :func:`default_config` (the default heuristic, :mod:`kernels.moe_gemm.heuristics`), :func:`make_inputs`,
 :func:`make_empty_inputs`, :func:`make_timing_inputs`, :func:`launches`, :func:`launch`, :func:`reference`,
-:func:`cost`, :func:`tolerance`, :func:`shape_from_dims`, :func:`model_shapes`. A runtime calls :func:`moe_mlp1` and
+:func:`element_sensitivity`, :func:`cost`, :func:`tolerance`, :func:`shape_from_dims`, :func:`model_shapes`. A runtime calls :func:`moe_mlp1` and
 :func:`moe_mlp2` directly.
 """
 
@@ -20,7 +20,8 @@ from kernels.launch_plan import KernelLaunch
 from kernels.moe_gemm.heuristics import default_config
 from kernels.moe_gemm.launch import (activation_dtype_problem, activation_records, mlp1_launches, mlp2_launches,
                                     moe_mlp1, moe_mlp2)
-from kernels.moe_gemm.reference import Cost, Tolerance, mlp1_reference, mlp2_reference, swiglu_reference
+from kernels.moe_gemm.reference import (Cost, Tolerance, mlp1_reference, mlp1_stored_h_sensitivity, mlp2_reference,
+                                       swiglu_reference)
 from kernels.moe_gemm.reference import cost as _cost
 from kernels.moe_gemm.reference import tolerance
 
@@ -38,7 +39,7 @@ SOURCE_FILES = tuple(Path(__file__).parent / name for name in ("triton_kernels.p
 are not: they do not change a measured config's speed)."""
 
 __all__ = [
-    "default_config", "config_problem", "activation_records",
+    "default_config", "config_problem", "activation_records", "element_sensitivity",
     "BUCKET_DIM", "EXAMPLE_DIMS", "NAME", "SOURCE_FILES", "VARIANTS", "Cost", "KernelLaunch", "MoeGemmConfig",
     "MoeGemmInputs",
     "MoeShape", "Tolerance", "config_from_dict", "cost", "launch", "launches", "make_empty_inputs", "make_inputs",
@@ -110,6 +111,19 @@ def reference(variant: str, inputs: MoeGemmInputs) -> torch.Tensor:
     """fp32 reference of :func:`launch`."""
     ref = mlp1_reference if variant == "mlp1" else mlp2_reference
     return ref(inputs.act, inputs.routing, inputs.w_blocks, inputs.w_scales, inputs.bias)
+
+
+def element_sensitivity(variant: str, inputs: MoeGemmInputs, config: MoeGemmConfig) -> torch.Tensor | None:
+    """What the element check adds to the row RMS that each output element's error is measured against, or None.
+
+    Only mlp1 with ``h`` stored in a 16-bit activation dtype before the SwiGLU (``fuse_swiglu=False`` with
+    ``SPLIT_K = 1``; split-K sums ``h`` in float32) rounds an intermediate that the SwiGLU amplifies: there it is
+    :func:`kernels.moe_gemm.reference.mlp1_stored_h_sensitivity`, ``[R, N/2]`` float32. The limit itself
+    (:func:`tolerance`) stays 8u.
+    """
+    if variant != "mlp1" or config.fuse_swiglu or config.SPLIT_K > 1 or inputs.act.dtype == torch.float32:
+        return None
+    return mlp1_stored_h_sensitivity(inputs.act, inputs.routing, inputs.w_blocks, inputs.w_scales, inputs.bias)
 
 
 def cost(variant: str, inputs: Sequence[MoeGemmInputs], config: MoeGemmConfig | None = None) -> Cost:

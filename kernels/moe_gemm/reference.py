@@ -35,6 +35,36 @@ def _expert_rows(routing: Routing) -> list[tuple[int, torch.Tensor]]:
     return [(e, torch.nonzero(routing.row_expert == e).squeeze(1)) for e in experts]
 
 
+def swiglu_sensitivity(h: torch.Tensor, alpha: float = SWIGLU_ALPHA, limit: float = SWIGLU_LIMIT) -> torch.Tensor:
+    """First-order change of :func:`swiglu_reference` when each input moves by its own magnitude.
+
+    ``|g · ∂y/∂g| + |l · ∂y/∂l|`` per output, from ``y = g·σ(αg)·(l + 1)`` on the clamped inputs (a clamped input
+    has no derivative). Times the unit roundoff u it bounds what rounding ``h`` to a dtype of roundoff u does to y:
+    where ``l ≈ −1`` the output is near 0 but still moves by about ``u·|g·σ(αg)|``.
+
+    Args:
+        h: ``[..., 2C]`` float32, gate and linear interleaved as in :func:`swiglu_reference`.
+
+    Returns:
+        ``[..., C]`` float32, ≥ 0.
+    """
+    gate, lin = h[..., ::2], h[..., 1::2]
+    g = gate.clamp(max=limit)
+    lc = lin.clamp(min=-limit, max=limit)
+    sig = torch.sigmoid(alpha * g)
+    d_gate = torch.where(gate < limit, sig * (1.0 + alpha * g * (1.0 - sig)) * (lc + 1.0), 0.0)
+    d_lin = torch.where(lin.abs() < limit, g * sig, 0.0)
+    return (gate * d_gate).abs() + (lin * d_lin).abs()
+
+
+def _mlp1_preactivations(x: torch.Tensor, routing: Routing, w_blocks: torch.Tensor, w_scales: torch.Tensor,
+                         bias: torch.Tensor):
+    """Yield ``(rows, h)`` per expert with rows: ``h = x[row_token[rows]] @ W1[e]^T + b1[e]``, ``[rows, N]`` fp32."""
+    for expert, rows in _expert_rows(routing):
+        w = dequantize(w_blocks[expert], w_scales[expert])  # [N, K] fp32
+        yield rows, torch.matmul(x[routing.row_token[rows].long()].float(), w.T) + bias[expert].float()
+
+
 @torch.no_grad()
 def mlp1_reference(x: torch.Tensor, routing: Routing, w_blocks: torch.Tensor, w_scales: torch.Tensor,
                    bias: torch.Tensor) -> torch.Tensor:
@@ -48,10 +78,34 @@ def mlp1_reference(x: torch.Tensor, routing: Routing, w_blocks: torch.Tensor, w_
     """
     n = w_blocks.shape[1]
     out = torch.zeros((routing.num_rows, n // 2), dtype=torch.float32, device=x.device)
-    for expert, rows in _expert_rows(routing):
-        w = dequantize(w_blocks[expert], w_scales[expert])  # [N, K] fp32
-        h = torch.matmul(x[routing.row_token[rows].long()].float(), w.T) + bias[expert].float()  # [rows, N]
+    for rows, h in _mlp1_preactivations(x, routing, w_blocks, w_scales, bias):
         out[rows] = swiglu_reference(h)
+    return out
+
+
+@torch.no_grad()
+def mlp1_stored_h_sensitivity(x: torch.Tensor, routing: Routing, w_blocks: torch.Tensor, w_scales: torch.Tensor,
+                              bias: torch.Tensor) -> torch.Tensor:
+    """:func:`swiglu_sensitivity` of every mlp1 output: what an output element's error is measured against, on top of
+    its row's RMS, when ``h`` is stored in the activation dtype before the SwiGLU (``fuse_swiglu=False``,
+    ``SPLIT_K = 1``).
+
+    The row RMS alone (the fused check) fails correct kernels there: h's rounding passes through the SwiGLU, and where
+    ``l ≈ −1`` an output near 0 moves by ``u·|g·σ(αg)|``. Measured with the unfused gemv under the Triton interpreter
+    (fp16, 100 seeds of 8 tokens × 256 outputs): up to 17.5u of the row RMS, 1.2u against RMS + sensitivity; four
+    mlp1 trials in the H200 tuning logs of 2026-12-03/04 failed just above the 8u limit (8.0–8.6u, bf16; their
+    configs are not logged).
+
+    Args:
+        as :func:`mlp1_reference`.
+
+    Returns:
+        ``[R, N/2]`` float32, ≥ 0.
+    """
+    n = w_blocks.shape[1]
+    out = torch.zeros((routing.num_rows, n // 2), dtype=torch.float32, device=x.device)
+    for rows, h in _mlp1_preactivations(x, routing, w_blocks, w_scales, bias):
+        out[rows] = swiglu_sensitivity(h)
     return out
 
 
@@ -116,8 +170,9 @@ class Tolerance:
 
     Attributes:
         max_rel_err: largest row-wise relative error ``max_r ‖out_r − ref_r‖ / ‖ref_r‖``.
-        max_elem_err: largest element error relative to its row's RMS, ``max |out − ref| / rms(ref_r)``; catches an
-            error confined to a few columns (one bad tile) that the row norm dilutes.
+        max_elem_err: largest element error relative to its row's RMS, ``max |out − ref| / rms(ref_r)`` (plus the
+            element's :func:`mlp1_stored_h_sensitivity` where h is stored); catches an error confined to a few
+            columns (one bad tile) that the row norm dilutes.
         reason: where the numbers come from.
     """
 
@@ -134,7 +189,8 @@ def tolerance(variant: str, dtype: torch.dtype, config: MoeGemmConfig | None = N
 
     The weights decode exactly and the reference sees the same rounded activations, so the error comes from the fp32
     accumulation order (~1e-7 relative) and, for mlp1, from rounding its output (and, unfused, h) to the activation
-    dtype: row-wise about u/√3 for unit roundoff u, elementwise at most u·max|ref_r|/rms(ref_r) ≈ 4u. Measured on the
+    dtype: row-wise about u/√3 for unit roundoff u, elementwise at most u·max|ref_r|/rms(ref_r) ≈ 4u (unfused with a
+    stored h, of the row RMS plus the element's SwiGLU sensitivity: :func:`mlp1_stored_h_sensitivity`). Measured on the
     H100 (2026-11-21, ~600 trials of the gpt_oss_20b preset, bf16): mlp1 row error ≤ 1.81e-3 fused, ≤ 2.82e-3 unfused
     (0.72u); mlp2 ≤ 7.9e-7. Limits: mlp1 3u per row and 8u per element; mlp2 1e-5 per row and 1e-4 per element. A
     doubled scale byte across one 64-column tile at gpt-oss sizes gives ~1e-2 per row but 0.1–0.4 per element, so the

@@ -52,11 +52,12 @@ FP8_MAX_VALUE = tl.constexpr(FP8_MAX)
 @triton.jit
 def add_rms_norm_kernel(x_ptr, delta_ptr, scale_ptr, x_out_ptr, h_ptr, rec_ptr, H, stride_x, stride_delta,
                         stride_x_out, stride_h, stride_rec, eps, HAS_DELTA: tl.constexpr, BLOCK_H: tl.constexpr,
-                        RECORDS: tl.constexpr):
+                        RECORDS: tl.constexpr, CONSUME_DELTA: tl.constexpr):
     """One row: ``x_new = (x + delta)`` rounded to x's dtype (stored when HAS_DELTA), ``h = x_new · rsqrt(mean(
     x_new²) + eps) · scale`` in fp32, rounded to h's dtype. The whole row is loaded before anything is stored, so
     x_out may be x (in place). With RECORDS, also the dp4a activation records of the rounded h (``rec`` ``[N, H/32,
-    RECORD_WORDS]`` int32; :func:`kernels.moe_gemm.gemv_dp4a.store_activation_records`, H a multiple of 32)."""
+    RECORD_WORDS]`` int32; :func:`kernels.moe_gemm.gemv_dp4a.store_activation_records`, H a multiple of 32). With
+    CONSUME_DELTA, zeros are written over the row of delta once it is read."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     mask = cols < H
@@ -65,6 +66,8 @@ def add_rms_norm_kernel(x_ptr, delta_ptr, scale_ptr, x_out_ptr, h_ptr, rec_ptr, 
         delta = tl.load(delta_ptr + row * stride_delta + cols, mask=mask, other=0.0)
         x = (x.to(tl.float32) + delta.to(tl.float32)).to(x_out_ptr.dtype.element_ty)  # residual, rounded once
         tl.store(x_out_ptr + row * stride_x_out + cols, x, mask=mask)
+        if CONSUME_DELTA:  # hand the buffer back zeroed to the kernel that accumulates the next delta into it
+            tl.store(delta_ptr + row * stride_delta + cols, tl.zeros_like(delta), mask=mask)
     x32 = x.to(tl.float32)
     mean_sq = tl.sum(x32 * x32, axis=0) / H  # masked columns are 0: they add nothing
     inv_rms = tl.math.rsqrt(mean_sq + eps)
@@ -208,7 +211,7 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 def add_rms_norm_launches(x: torch.Tensor, delta: torch.Tensor | None, scale: torch.Tensor, *, eps: float,
                           inplace: bool = False, out: torch.Tensor | None = None,
-                          records: torch.Tensor | None = None
+                          records: torch.Tensor | None = None, consume_delta: bool = False
                           ) -> tuple[torch.Tensor, torch.Tensor, list[KernelLaunch]]:
     """Check, allocate and plan :func:`add_rms_norm` without running it. Returns ``(x_new, h, launches)``
     (no launch when N = 0)."""
@@ -250,6 +253,13 @@ def add_rms_norm_launches(x: torch.Tensor, delta: torch.Tensor | None, scale: to
             raise ValueError("out must not be x: h would overwrite the residual stream")
     if records is not None:
         check_activation_records(records, rows, hidden, x.device)
+    if not isinstance(consume_delta, bool):
+        raise TypeError(f"consume_delta must be a bool, got {consume_delta!r}")
+    if consume_delta:
+        if delta is None:
+            raise ValueError("consume_delta needs a delta to zero")
+        if rows and delta.data_ptr() in (x.data_ptr(), out.data_ptr()):
+            raise ValueError("consume_delta: delta must not be x or out (its zeros would overwrite them)")
     if delta is None or inplace:
         x_new = x
     else:
@@ -263,13 +273,14 @@ def add_rms_norm_launches(x: torch.Tensor, delta: torch.Tensor | None, scale: to
               hidden, x.stride(0), delta.stride(0) if delta is not None else 0, x_new.stride(0), out.stride(0),
               records.stride(0) if records is not None else 0, float(eps)),
         kwargs={"HAS_DELTA": delta is not None, "BLOCK_H": block, "RECORDS": records is not None,
-                "num_warps": max(1, min(8, block // 512)), "enable_fp_fusion": False})
+                "CONSUME_DELTA": consume_delta, "num_warps": max(1, min(8, block // 512)),
+                "enable_fp_fusion": False})
     return x_new, out, [launch]
 
 
 def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, scale: torch.Tensor, *, eps: float,
                  inplace: bool = False, out: torch.Tensor | None = None,
-                 records: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 records: torch.Tensor | None = None, consume_delta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual add then RMSNorm in one launch: ``x_new = x + delta``, ``h = rms_norm(x_new) · scale``.
 
     In the model, ``delta`` is the attention output projection (bf16) or the MoE output (fp32) and ``h`` feeds the
@@ -287,6 +298,9 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, scale: torch.Tenso
         records: optional int32 ``[N, H/32, 32]`` tensor that receives the dp4a activation records of ``h``
             (:mod:`kernels.moe_gemm.gemv_dp4a`), bit for bit what the dp4a gemv's own pre-pass would compute, so
             that :func:`kernels.moe_gemm.moe_mlp1` with ``records`` skips that launch.
+        consume_delta: after reading ``delta``, overwrite it with zeros, so that the kernel that accumulates the next
+            delta into the same buffer (:func:`kernels.moe_gemm.moe_mlp2` with ``out_zeroed=True``) needs no memset
+            launch of its own. ``delta`` must then be neither ``x`` nor ``out``.
 
     Returns:
         ``(x_new, h)``, both ``[N, H]`` in x's dtype.
@@ -299,11 +313,13 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, scale: torch.Tenso
     torch's CUDA kernels), so h can differ from torch by an ulp of float32 before the final rounding.
 
     Raises:
-        TypeError: a non-tensor, or a dtype outside the above.
+        TypeError: a non-tensor, a dtype outside the above, or a consume_delta that is not a bool.
         ValueError: wrong shapes, a non-contiguous last dimension, mixed devices, H > :data:`MAX_HIDDEN`, a negative
-            or non-finite eps, or ``out`` that is ``x``.
+            or non-finite eps, ``out`` that is ``x``, ``consume_delta`` without a delta or with one that is ``x`` or
+            ``out``.
     """
-    x_new, h, launches = add_rms_norm_launches(x, delta, scale, eps=eps, inplace=inplace, out=out, records=records)
+    x_new, h, launches = add_rms_norm_launches(x, delta, scale, eps=eps, inplace=inplace, out=out, records=records,
+                                               consume_delta=consume_delta)
     for launch in launches:
         launch.run()
     return x_new, h

@@ -143,7 +143,8 @@ class GptOss:
         Each block's two residual adds are fused into the RMSNorm that follows them (the MoE output of block n is
         added by block n + 1's attention norm, the last one by the final norm); RoPE and the KV-cache store are one
         launch; when mlp1 runs the dp4a gemv, the MLP norm also writes its activation records (no pre-pass
-        launch). Numerically the same as ``x = x + attn(norm(x)); x = (x.float() + moe(norm(x))).to(x.dtype)``.
+        launch); the MoE output buffer is zeroed once per pass, then by the norm that consumes it (no memset per
+        layer). Numerically the same as ``x = x + attn(norm(x)); x = (x.float() + moe(norm(x))).to(x.dtype)``.
 
         Args:
             x: ``[N, H]`` activation dtype, N = B'·T tokens, owned by this call.
@@ -159,11 +160,14 @@ class GptOss:
         """
         c = self.config
         tokens = x.shape[0]
-        pending = None  # the previous block's MoE output, float32 [N, H]
+        # The MoE output, float32 [N, H]: mlp2 accumulates into it atomically, the next block's attention norm adds
+        # it to the residual stream and zeroes it again, so one memset serves the whole pass.
+        moe_out = torch.zeros(tokens, c.hidden_size, dtype=torch.float32, device=x.device)
         records = activation_records(step.mlp1, x)  # the dp4a gemv's input, rewritten by each block's MLP norm
         for n, layer in enumerate(self.layers):
             with self._stage("attn_norm_qkv"):
-                x, h = add_rms_norm(x, pending, layer.attn_norm, eps=RMS_EPS, inplace=True)
+                x, h = add_rms_norm(x, moe_out if n else None, layer.attn_norm, eps=RMS_EPS, inplace=True,
+                                    consume_delta=n > 0)
                 qkv = project(h, layer.qkv_w, layer.qkv_b, step.qkv)        # [N, Hq·D + 2·Hkv·D]
             with self._stage("rope_kv_write"):
                 q = torch.empty(tokens, c.num_attention_heads, c.head_dim, dtype=x.dtype, device=x.device)
@@ -183,10 +187,10 @@ class GptOss:
                 a = moe_mlp1(h, routing, layer.mlp1_blocks, layer.mlp1_scales, layer.mlp1_bias,
                              step.mlp1, records=records)                     # [R, I]
             with self._stage("moe_mlp2"):
-                pending = moe_mlp2(a, routing, layer.mlp2_blocks, layer.mlp2_scales, layer.mlp2_bias,
-                                   step.mlp2)                                # [N, H] fp32, gate-weighted sum over k
+                moe_mlp2(a, routing, layer.mlp2_blocks, layer.mlp2_scales, layer.mlp2_bias, step.mlp2,
+                         out=moe_out, out_zeroed=True)                       # [N, H] fp32, gate-weighted sum over k
         with self._stage("unembed"):
-            _, h = add_rms_norm(x, pending, self.final_norm, eps=RMS_EPS, inplace=True)
+            _, h = add_rms_norm(x, moe_out if self.layers else None, self.final_norm, eps=RMS_EPS, inplace=True)
         return h
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:

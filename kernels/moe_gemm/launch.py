@@ -338,17 +338,23 @@ def mlp2_launches(
     bias: torch.Tensor,
     config: MoeGemmConfig,
     out: torch.Tensor | None = None,
+    out_zeroed: bool = False,
 ) -> tuple[torch.Tensor, list[KernelLaunch]]:
-    """Allocate and zero the mlp2 output and plan its launch (see :func:`moe_mlp2`)."""
+    """Allocate and zero the mlp2 output (unless ``out_zeroed``) and plan its launch (see :func:`moe_mlp2`)."""
     if a.dim() != 2 or a.shape[0] != routing.num_rows:
         raise ValueError(f"a must be [R, K] with R={routing.num_rows}, got {tuple(a.shape)}")
     _, n = _check_weights(w_blocks, w_scales, bias, a.shape[1])
     tokens = routing.num_tokens
-    if out is None:
-        out = torch.empty((tokens, n), dtype=torch.float32, device=a.device)
-    elif tuple(out.shape) != (tokens, n) or out.dtype != torch.float32:
+    if out is not None and (tuple(out.shape) != (tokens, n) or out.dtype != torch.float32):
         raise ValueError(f"out must be float32 [T, N] = [{tokens}, {n}], got {out.dtype} {tuple(out.shape)}")
-    out.zero_()
+    if not isinstance(out_zeroed, bool):
+        raise TypeError(f"out_zeroed must be a bool, got {out_zeroed!r}")
+    if out_zeroed and out is None:
+        raise ValueError("out_zeroed=True needs the zeroed out tensor")
+    if out is None:
+        out = torch.zeros((tokens, n), dtype=torch.float32, device=a.device)
+    elif not out_zeroed:
+        out.zero_()
     if routing.num_rows == 0:
         return out, []
     return out, gemm_launch(a, routing, w_blocks, w_scales, bias, out, config, gather_a=False, scatter_out=True,
@@ -363,6 +369,7 @@ def moe_mlp2(
     bias: torch.Tensor,
     config: MoeGemmConfig,
     out: torch.Tensor | None = None,
+    out_zeroed: bool = False,
 ) -> torch.Tensor:
     """gpt-oss mlp2 and the top-k combine: ``out[t] = Σ_r→t row_gate[r] · (a[r] @ W2[e]^T + b2[e])``.
 
@@ -374,14 +381,18 @@ def moe_mlp2(
         bias: ``[E, N]``.
         config: launch config (``fuse_swiglu`` is ignored).
         out: optional float32 ``[T, N]`` destination; it is zeroed first (the kernel accumulates atomically).
+        out_zeroed: the caller guarantees that ``out`` holds zeros (e.g. the residual norm that read the previous
+            layer's output zeroed it: :func:`kernels.layer_ops.add_rms_norm` with ``consume_delta``), so no memset
+            launch runs.
 
     Returns:
         ``[T, N]`` float32.
 
     Raises:
-        ValueError / TypeError: on inconsistent shapes or dtypes.
+        ValueError / TypeError: on inconsistent shapes or dtypes, a non-bool ``out_zeroed``, ``out_zeroed`` without
+            ``out``.
     """
-    out, launches = mlp2_launches(a, routing, w_blocks, w_scales, bias, config, out)
+    out, launches = mlp2_launches(a, routing, w_blocks, w_scales, bias, config, out, out_zeroed)
     for launch in launches:
         launch.run()
     return out

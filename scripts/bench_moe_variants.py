@@ -63,7 +63,8 @@ def _parse_args(argv):
     parser.add_argument("--M", default=",".join(map(str, M_VALUES)), help="token counts, comma-separated")
     parser.add_argument("--rep-ms", type=float, default=100.0, help="timed milliseconds per measurement")
     parser.add_argument("--gemv-sweep", action="store_true", help="also sweep gemv configs at the --sweep-M values")
-    parser.add_argument("--sweep-M", default="1,8", help="token counts of --gemv-sweep, comma-separated")
+    parser.add_argument("--sweep-M", default="1,8",
+                        help="token counts of --gemv-sweep, comma-separated (each also in --M)")
     parser.add_argument("--sweep-dequant", default="", help="gemv decodes of --gemv-sweep, comma-separated "
                         "(upcast, upcast_ptx, dp4a; default: every one the device has)")
     parser.add_argument("--sweep-block-n", default="16,32,64", help="BLOCK_N values of --gemv-sweep")
@@ -110,6 +111,10 @@ def _parse_args(argv):
         parser.error(f"--sweep-dequant: unknown decodes {unknown} (known: {', '.join(GEMV_DECODE_ROWS)})")
     if (not args.M and not args.mma_sweep) or min(args.M, default=1) < 1:
         parser.error("--M values must be >= 1 (--M '' with --mma-sweep times the sweep only)")
+    missing = sorted(set(args.sweep_M) - set(args.M))
+    if args.gemv_sweep and not args.cpu_smoke and missing:
+        parser.error(f"--sweep-M {','.join(map(str, missing))} not in --M: the gemv sweep runs beside each --M "
+                     "value's default rows")
     return args
 
 
@@ -231,6 +236,7 @@ def _sweep_mma(moe, bench, variant, shape, sets, rep_ms, grid, table) -> tuple[l
     if table is not None:
         served = table.lookup("moe_gemm", variant, shape.as_dict()).config.as_dict()
         if served["path"] == "mma" and served["dequant"] in ("upcast", "upcast_ptx"):
+            served.pop("swap_ab")  # each side sets its own (the line's swap_ab=...)
             candidates.insert(0, {**served, "table": True})
     lines, best = [], {False: None, True: None}
     for params in candidates:

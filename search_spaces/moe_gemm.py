@@ -42,7 +42,7 @@ def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
     first and ``path`` after it (the gemv decodes in registers: it exists for "upcast" and "upcast_ptx", so a config
     naming "dot_scaled" is an MMA config; "dp4a" is offered only where the gemv is, exists only on it and so implies
     ``path = "gemv"``, and :class:`kernels.moe_gemm.config.MoeGemmConfig` refuses a hand-given MMA config naming it);
-    the MMA-only tunables (GROUP_M, and schedule but for the dp4a gemv) are inactive on the gemv path, ``swap_ab``
+    the MMA-only tunables (GROUP_M, schedule) are inactive on the gemv path, ``swap_ab``
     also with "dot_scaled", ``l2_prefetch`` everywhere but the dp4a gemv; where the gemv is offered it adds
     BLOCK_N = 16 and BLOCK_K = 512 (narrow, long programs) to the choices."""
     gemv = gemv_offered(shape)
@@ -67,8 +67,9 @@ def _params(variant: str, shape: Mapping[str, int]) -> tuple[Param, ...]:
         Param("GROUP_M", (1, 4, 8, 16), when=_is_mma, inactive=1, doc="row blocks sweeping N together (L2 reuse)"),
         Param("num_warps", (2, 4, 8)),
         Param("num_stages", (1, 2, 3, 4, 5), doc="software-pipelining depth"),
-        Param("schedule", ("grid", "persistent"), when=lambda c: _is_mma(c) or c["dequant"] == "dp4a",
-              inactive="grid", doc="persistent: MMA, or the dp4a gemv (with l2_prefetch: the next tile's bytes)"),
+        Param("schedule", ("grid", "persistent"), when=_is_mma, inactive="grid",
+              doc="persistent: a program per SM slot loops over the tiles (MMA path; the dp4a gemv's persistent "
+                  "schedule is not offered: slower at all 48 points of the 2026-12-08 H100 sweep)"),
         Param("programs_per_sm", (1, 2, 4), when=lambda c: c["schedule"] == "persistent", inactive=1,
               doc="persistent schedule only"),
     ]

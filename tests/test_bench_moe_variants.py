@@ -41,6 +41,13 @@ def test_bad_m_is_a_usage_error():
     assert proc.returncode == 2 and "--M" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_sweep_m_outside_m_is_a_usage_error():
+    # The sweep runs beside each --M value's default rows: asking for one at an M that is not timed was silently
+    # skipped (2026-12-08 H100 call); now it is one usage line. The GPU check comes after the parsing.
+    proc = _run("--M", "1", "--gemv-sweep", "--sweep-M", "1,4,8")
+    assert proc.returncode == 2 and "--sweep-M 4,8 not in --M" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_cpu_smoke_mma_sweep_times_both_operand_orders(tmp_path):
     out = tmp_path / "sweep.md"
     grid = ('{"BLOCK_M": [16], "BLOCK_N": [32], "BLOCK_K": [32], "num_warps": [4], "num_stages": [1], '

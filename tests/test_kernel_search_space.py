@@ -187,13 +187,12 @@ def test_gemv_suggestions_are_constructible(variant):
         config = space.suggest(trial)
         MoeGemmConfig(**config)
         paths.add((config["path"], config["dequant"]))
-        if config["path"] == "gemv" and config["dequant"] != "dp4a":  # the MMA-only tunables are inactive
+        if config["path"] == "gemv":  # the MMA-only tunables are inactive; the dp4a gemv tunes the L2 prefetch
             assert {"GROUP_M", "schedule", "programs_per_sm", "swap_ab"}.isdisjoint(trial.params)
-            assert (config["GROUP_M"], config["schedule"]) == (1, "grid")
-        if config["path"] == "gemv":  # the dp4a gemv also tunes its schedule and the L2 prefetch
-            assert "GROUP_M" not in trial.params and config["GROUP_M"] == 1 and not config["swap_ab"]
+            assert (config["GROUP_M"], config["schedule"], config["swap_ab"]) == (1, "grid", False)
             assert ("l2_prefetch" in trial.params) == (config["dequant"] == "dp4a")
-            schedules.add((config["dequant"], config["schedule"]))
+        else:
+            schedules.add(config["schedule"])
         if config["dequant"] == "dot_scaled":  # path only chosen with a register decode
             assert "path" not in trial.params and config["path"] == "mma"
         if config["dequant"] == "dp4a":  # a gemv-only decode: it implies the path
@@ -201,7 +200,9 @@ def test_gemv_suggestions_are_constructible(variant):
         study.tell(trial, 1.0)
     assert paths == {("mma", "dot_scaled"), ("mma", "upcast"), ("mma", "upcast_ptx"), ("gemv", "upcast"),
                      ("gemv", "upcast_ptx"), ("gemv", "dp4a")}
-    assert ("dp4a", "persistent") in schedules and ("upcast", "persistent") not in schedules
+    # The schedule is offered on the MMA path only: the dp4a gemv's persistent schedule (explicit configs and the
+    # benchmark still run it) was slower at every point of the 2026-12-08 H100 sweep.
+    assert schedules == {"grid", "persistent"}
 
 
 def test_gemv_register_and_split_k_limits():

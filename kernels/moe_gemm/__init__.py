@@ -3,8 +3,8 @@
 The module-level functions below form the uniform kernel interface the tuner uses (variant, inputs, config):
 :func:`default_config` (the default heuristic, :mod:`kernels.moe_gemm.heuristics`), :func:`make_inputs`,
 :func:`make_empty_inputs`, :func:`make_timing_inputs`, :func:`launches`, :func:`launch`, :func:`reference`,
-:func:`element_sensitivity`, :func:`cost`, :func:`tolerance`, :func:`shape_from_dims`, :func:`model_shapes`. A runtime calls :func:`moe_mlp1` and
-:func:`moe_mlp2` directly.
+:func:`element_sensitivity`, :func:`cost`, :func:`tolerance`, :func:`shape_from_dims`, :func:`model_shapes`. A
+runtime calls :func:`moe_mlp1` and :func:`moe_mlp2` directly.
 """
 
 from __future__ import annotations

@@ -302,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--table", help=f"lookup table to read (default: {defaults.TABLE})")
     bm.add_argument("--kv-dtype", choices=("act", "fp8"), help="KV cache storage (default: the table's choice)")
     bm.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps eagerly")
-    bm.add_argument("--profile", action="store_true", help="per-stage GPU time of one decode step and one prefill")
+    bm.add_argument("--profile", action="store_true",
+                    help="per-stage GPU time of a decode step at each --batch (also without the table, compared per "
+                         "stage) and of one prefill")
     bm.add_argument("--out", help="also write the markdown report to this file")
     bm.add_argument("--seed", type=int, default=defaults.SEED, help="random weights and prompts (default: "
                     "%(default)s)")

@@ -108,12 +108,16 @@ def test_generate_broken_checkpoint_subprocess(tiny, tmp_path):
 def test_bench_model_table_runs_both_settings(tiny, capsys, tmp_path):
     report = tmp_path / "bench.md"
     code = cli.main(["bench-model", "--checkpoint", str(tiny), "--tests", "pp6,tg3", "--runs", "2", "--out",
-                     str(report), "--profile"])
+                     str(report), "--profile", "--batch", "1,2"])
     assert code == 0
     text = report.read_text()
-    for needle in ("| pp6 |", "| tg3 |", "TTFT (ms), pp6", "TPOT (ms), tg3", "with table", "without table",
-                   "decode step (batch 1, context 3)", "prefill of 6 tokens", "| moe_mlp1 |", "| attention |"):
+    for needle in ("| pp6 |", "| tg3 |", "| tg3 B=2 |", "TTFT (ms), pp6", "TPOT (ms), tg3", "with table",
+                   "without table", "decode step (batch 1, context 3)", "decode step (batch 2, context 3)",
+                   "decode step (batch 2, context 3): with the table ÷ without, per stage", "prefill of 6 tokens",
+                   "| moe_mlp1 |", "| attention |"):
         assert needle in text, needle
+    comparison = text.split("decode step (batch 2, context 3): with the table ÷ without")[1].split("####")[0]
+    assert "| moe_mlp1 |" in comparison and "| total |" in comparison
     row = next(line for line in text.splitlines() if line.startswith("| tg3 |"))
     rate = float(row.split("|")[2].split("±")[0])
     assert rate > 0

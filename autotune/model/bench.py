@@ -242,7 +242,8 @@ def kernels_by_stage(events, stages: tuple[str, ...] = STAGES) -> tuple[dict[str
 @torch.inference_mode()
 def profile_pass(model: GptOss, *, decode: bool, tokens: int,
                  context: int) -> tuple[list[StageTime], list[KernelTime]]:
-    """Profile one eager pass (a decode step at ``context`` with batch 1, or a ``tokens``-token prefill).
+    """Profile one eager pass: a decode step of ``tokens`` sequences (the batch) at ``context``, or a
+    ``tokens``-token prefill of one sequence.
 
     Returns:
         (per-stage GPU time — the summed durations of its kernels, see :func:`kernels_by_stage` — with share and
@@ -253,8 +254,9 @@ def profile_pass(model: GptOss, *, decode: bool, tokens: int,
 
     generator = torch.Generator().manual_seed(1)
     length = context if decode else tokens
-    prompt = torch.randint(0, model.config.vocab_size, (1, length), generator=generator).to(model.device)
-    cache = model.new_cache(1, length + 1)
+    batch = tokens if decode else 1
+    prompt = torch.randint(0, model.config.vocab_size, (batch, length), generator=generator).to(model.device)
+    cache = model.new_cache(batch, length + 1)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
     options = {"acc_events": True} if "acc_events" in inspect.signature(profile).parameters else {}
 
@@ -286,7 +288,7 @@ def profile_pass(model: GptOss, *, decode: bool, tokens: int,
                 by_stage[item.key] += _cpu_time_us(item)
         kernels = {}
     total = sum(by_stage.values()) or 1.0
-    costs = stage_costs(model, tokens=1 if decode else tokens, context=context, decode=decode)
+    costs = stage_costs(model, tokens=tokens, context=context, decode=decode)
     stages = []
     for name, us in by_stage.items():
         if name == "other" and not us:
@@ -317,6 +319,21 @@ def format_stage_table(title: str, stages: list[StageTime], top: list[KernelTime
                   "", "| kernel | stage | calls | GPU µs | share |", "|---|---|---|---|---|"]
         lines += [f"| `{k.name[:90]}` | {', '.join(sorted(k.stages))} | {k.calls} | {k.gpu_us:.1f} | "
                   f"{k.gpu_us / total:.1%} |" for k in top[:15]]
+    return lines + [""]
+
+
+def format_stage_comparison(title: str, with_table: list[StageTime], without: list[StageTime]) -> list[str]:
+    """Markdown lines comparing one pass's stage times with the table and without it (where a table loses)."""
+    other = {s.stage: s.gpu_us for s in without}
+    lines = [f"#### {title}: with the table ÷ without, per stage", "",
+             "| stage | with table µs | without µs | with ÷ without |", "|---|---|---|---|"]
+    for s in with_table:
+        base = other.get(s.stage)
+        ratio = f"{s.gpu_us / base:.2f}" if base else ""
+        lines.append(f"| {s.stage} | {s.gpu_us:.1f} | {'' if base is None else f'{base:.1f}'} | {ratio} |")
+    total, base_total = sum(s.gpu_us for s in with_table), sum(other.values())
+    lines.append(f"| total | {total:.1f} | {base_total:.1f} | {total / base_total:.2f} |" if base_total else
+                 f"| total | {total:.1f} | | |")
     return lines + [""]
 
 

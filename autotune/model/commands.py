@@ -197,20 +197,7 @@ def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int |
 
     lines = _bench_report(plan, settings, described, device, copy_gbps, mm_tflops)
     if profile:
-        model = settings["table"][0]
-        pp = profile_prefill_tokens(plan)
-        tg = max((n for k, n, _ in plan if k == "tg"), default=32)
-        for title, kwargs in ((f"decode step (batch 1, context {tg})", dict(decode=True, tokens=1, context=tg)),
-                              (f"prefill of {pp} tokens", dict(decode=False, tokens=pp, context=pp))):
-            stages, top = bench.profile_pass(model, **kwargs)
-            lines += bench.format_stage_table(title, stages, top, copy_gbps, mm_tflops)
-            result = settings["table"][1].get(f"tg{tg}")
-            if kwargs["decode"] and result is not None and device.type == "cuda":
-                busy = sum(s.gpu_us for s in stages)
-                tpot = 1e6 / result.mean
-                lines += [f"A CUDA-graph decode step takes {tpot:.0f} µs (TPOT of tg{tg}) against {busy:.0f} µs of "
-                          f"kernel time: {max(tpot - busy, 0.0):.0f} µs between kernels "
-                          f"({sum(k.calls for k in top)} launches).", ""]
+        lines += _profile_report(plan, settings, batches, copy_gbps, mm_tflops, device)
     text = "\n".join(lines)
     print(text)
     if out:
@@ -225,6 +212,32 @@ def cmd_bench_model(*, checkpoint: str | None, random: str | None, layers: int |
         atomic.write_text(out, text + "\n")
         atomic.write_text(bench_record.json_path(out), json.dumps(record, indent=1) + "\n")
     return 0
+
+
+def _profile_report(plan, settings, batches, copy_gbps, mm_tflops, device) -> list[str]:
+    """``--profile``: one eager decode step per ``--batch`` size and one prefill, with the table; each decode step
+    also without it, compared stage by stage."""
+    from autotune.model import bench
+
+    model, results, _ = settings["table"]
+    pp = profile_prefill_tokens(plan)
+    tg = max((n for k, n, _ in plan if k == "tg"), default=32)
+    lines = []
+    for b in batches:
+        title = f"decode step (batch {b}, context {tg})"
+        stages, top = bench.profile_pass(model, decode=True, tokens=b, context=tg)
+        lines += bench.format_stage_table(title, stages, top, copy_gbps, mm_tflops)
+        result = results.get(bench.test_name("tg", tg, b))
+        if result is not None and device.type == "cuda":
+            busy = sum(s.gpu_us for s in stages)
+            step_us = 1e6 * b / result.mean
+            lines += [f"A CUDA-graph decode step takes {step_us:.0f} µs (tg{tg} at batch {b}) against {busy:.0f} µs "
+                      f"of kernel time: {max(step_us - busy, 0.0):.0f} µs between kernels "
+                      f"({sum(k.calls for k in top)} launches).", ""]
+        without, _ = bench.profile_pass(settings["no table"][0], decode=True, tokens=b, context=tg)
+        lines += bench.format_stage_comparison(title, stages, without)
+    stages, top = bench.profile_pass(model, decode=False, tokens=pp, context=pp)
+    return lines + bench.format_stage_table(f"prefill of {pp} tokens", stages, top, copy_gbps, mm_tflops)
 
 
 def _device_name(device) -> str:
